@@ -1,0 +1,87 @@
+"""Small fsspec helpers: resolve a store path or URL, atomic single-object writes.
+
+Local paths get the strong guarantees (temp name + fsync + os.replace / os.rename);
+object stores get them from single-object PUTs (an index part is one object).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def resolve(path: str | os.PathLike[str]) -> tuple[Any, str]:
+    """(filesystem, root) for a local path or an fsspec URL such as s3://bucket/store."""
+    fs, root = fsspec.core.url_to_fs(os.fspath(path))
+    if is_local(fs):
+        root = os.path.abspath(root)
+    return fs, root.rstrip("/")
+
+
+def is_local(fs: Any) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def token() -> str:
+    """A short unique name part, so concurrent or repeated writers never collide."""
+    return uuid.uuid4().hex[:12]
+
+
+def atomic_write_bytes(fs: Any, path: str, data: bytes) -> None:
+    """Make ``path`` hold ``data`` in one step: readers see the old or the new, never half."""
+    if is_local(fs):
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".tmp-{token()}-{os.path.basename(path)}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        fsync_dir(parent)
+    else:
+        fs.pipe_file(path, data)
+
+
+def fsync_dir(path: str) -> None:
+    """Persist a rename in ``path`` (best effort; not every filesystem allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove(fs: Any, path: str) -> None:
+    """Delete a file or a directory tree; a path that is already gone is fine."""
+    try:
+        if fs.isdir(path):
+            fs.rm(path, recursive=True)
+        elif fs.exists(path):
+            fs.rm(path)
+    except FileNotFoundError:
+        pass
+
+
+def size_on_disk(fs: Any, path: str) -> int:
+    """Bytes under ``path`` (a file or a directory tree)."""
+    if fs.isdir(path):
+        return int(sum(fs.du(path, total=False).values()))
+    return int(fs.size(path))

@@ -1,0 +1,256 @@
+"""Loader benchmark: MAViL pre-training samples/s per loader worker, store vs. the official way.
+
+    uv run python -m store.bench [--store PATH] [--media DIR] [--samples 200]
+
+Both sides produce the same sample - audio [1, 1024, 128] (R: random roll, normalised) and
+video [8, 3, 224, 224] (random 4-s window, multi-scale random crop, flip) - in one process
+with one torch thread, i.e. what one DataLoader worker does:
+
+- store: our StreamingDataset + "mavil_pretrain" view over a store (stored float16 fbank,
+  8 of 20 JPEG frames decoded with libjpeg-turbo, crop+resize on uint8 tensors);
+- baseline (AudioMAE / CAV-MAE style): per clip a 16 kHz wav file and one JPEG file per
+  frame on disk; the wav is read (scipy; torchaudio.load needs torchcodec here), Kaldi fbank
+  is computed on the fly with torchaudio, frames are opened with PIL and transformed with
+  torchvision's RandomResizedCrop / flip / ToTensor / Normalize per frame.
+
+Without --store, a small store (and the baseline files) is built in a temp dir from the
+shared media (earth.mp4, bigbuckbunny.mp4; time-shifted 10-s windows). The baseline files
+always come from the store's own clips, so both sides read the same content.
+Prints both rates, the ratio (target >= 2x) and the CPU time per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from store.sample_store import build_sample_store, decode_media, default_media_dir
+
+AV_MEDIA = ("earth.mp4", "bigbuckbunny.mp4")
+
+
+def build_baseline(clips: list[Any], out: Path, media_dir: Path) -> list[dict]:
+    """The official on-disk layout for the same clips: <out>/<id>.wav (16 kHz mono int16) and
+    <out>/frame_<k>/<id>.jpg (CAV-MAE's layout, the store's own JPEG bytes).
+
+    The wav is the store's waveform when it kept one, else 16 kHz audio of the clip's length
+    from the shared media, or noise where ffmpeg is missing (the store holds fbanks, not audio;
+    the baseline cost depends on the length, not the content)."""
+    filler = None
+    try:
+        filler = decode_media(media_dir / "speech_two_speakers.wav").waveform
+    except (ImportError, OSError):  # no ffmpeg here: the cost does not depend on content
+        pass
+    if filler is None:
+        filler = np.random.default_rng(0).uniform(-0.3, 0.3, 160_000).astype(np.float32)
+    items = []
+    for clip in clips:
+        if clip.waveform is not None:
+            pcm = clip.waveform.numpy().astype(np.int16)
+        else:
+            n = int(round(min(max(clip.duration, 1.0), 10.0) * 16000))
+            pcm = (np.clip(filler[:n], -1, 1) * 32767).astype(np.int16)
+        wav_path = out / f"{clip.clip_id}.wav"
+        with wave.open(str(wav_path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(pcm.tobytes())
+        for i, data in enumerate(clip.frames):
+            (out / f"frame_{i}").mkdir(exist_ok=True)
+            (out / f"frame_{i}" / f"{clip.clip_id}.jpg").write_bytes(data)
+        items.append({"wav": str(wav_path), "id": clip.clip_id, "n": len(clip.frames)})
+    return items
+
+
+class OfficialStyleSampler:
+    """The baseline: what AudioMAE / CAV-MAE-style loaders do per sample, from files."""
+
+    def __init__(self, items: list[dict], root: Path, mean: float, std: float) -> None:
+        import torchvision.transforms as T
+
+        self.items, self.root, self.mean, self.std = items, root, mean, std
+        self.to_tensor = T.ToTensor()
+        self.normalize = T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+
+    def __call__(self, k: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        import torchvision.transforms as T
+        import torchvision.transforms.functional as F
+        from PIL import Image
+        from scipy.io import wavfile
+        from torchaudio.compliance import kaldi
+
+        item = self.items[k % len(self.items)]
+        sr, pcm = wavfile.read(item["wav"])
+        wav = torch.from_numpy(pcm.astype(np.float32) / 32768.0).unsqueeze(0)
+        wav = wav - wav.mean()
+        fb = kaldi.fbank(
+            wav,
+            htk_compat=True,
+            sample_frequency=sr,
+            use_energy=False,
+            window_type="hanning",
+            num_mel_bins=128,
+            dither=0.0,
+            frame_shift=10,
+        )
+        n = fb.shape[0]
+        fb = torch.nn.functional.pad(fb, (0, 0, 0, 1024 - n)) if n < 1024 else fb[:1024]
+        fb[:n] = torch.roll(fb[:n], int(rng.integers(0, max(n, 1))), 0)
+        audio = ((fb - self.mean) / self.std).unsqueeze(0)
+        start = int(rng.integers(0, item["n"]))
+        imgs = [
+            Image.open(
+                self.root / f"frame_{(start + i) % item['n']}" / f"{item['id']}.jpg"
+            ).convert("RGB")
+            for i in range(8)
+        ]
+        box = T.RandomResizedCrop.get_params(imgs[0], scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3))
+        flip = rng.random() < 0.5
+        frames = []
+        for img in imgs:
+            img = F.resized_crop(img, *box, [224, 224])
+            if flip:
+                img = F.hflip(img)
+            frames.append(self.normalize(self.to_tensor(img)))
+        return {"audio": audio, "video": torch.stack(frames)}
+
+
+def _timed(step, n: int) -> tuple[float, float]:
+    """(wall s, process CPU s) for n calls of step(i)."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    for i in range(n):
+        step(i)
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def run_bench(
+    store: str | None = None,
+    media_dir: Path | None = None,
+    samples: int = 100,
+    rounds: int = 3,
+    threads: int = 1,
+    log=print,
+    decode: str = "cpu",
+) -> dict[str, float]:
+    """Measure both loaders (interleaved rounds, best round each) and return the figures.
+
+    ``decode="gpu"`` measures the loader side of the GPU decode path (JPEG bytes + crop plan
+    per sample; decoding happens later on the GPU, see store.jpeg.finish_video_on_gpu)."""
+    from store.datasets import StreamingDataset
+    from store.reader import open_store
+    from store.views import make_view
+
+    torch.set_num_threads(threads)
+    media_dir = media_dir or default_media_dir()
+    with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
+        if store is None:
+            plan = [
+                (m, float(s))
+                for m in AV_MEDIA
+                for s in range(0, 21, 4)
+                if m == "earth.mp4" or s == 0
+            ]
+            log(f"building a {len(plan)}-clip store from {media_dir} ...")
+            store = build_sample_store(Path(tmp) / "store", media_dir, "zarr", plan, shards=2)
+        st = open_store(store)
+        mean = float(st.spec.stats.get("fbank_mean", -4.268))
+        std = float(st.spec.stats.get("fbank_std", 4.569))
+        ds = StreamingDataset(
+            st,
+            make_view("mavil_pretrain", mean=mean, std=std, decode=decode),
+            require=("audio", "video"),
+            seed=0,
+        )
+        order = ds.epoch_order()
+        clips = ds.read([int(i) for i in order[: min(len(order), 64)]])
+        base_dir = Path(tmp) / "baseline"
+        base_dir.mkdir()
+        baseline = OfficialStyleSampler(
+            build_baseline(clips, base_dir, media_dir), base_dir, mean, std
+        )
+        rng = np.random.default_rng(0)
+
+        def store_run(_n: int) -> tuple[float, float]:
+            it = iter(ds)
+            done = 0
+            w0, c0 = time.perf_counter(), time.process_time()
+            while done < _n:
+                for _ in it:
+                    done += 1
+                    if done >= _n:
+                        break
+                ds.set_epoch(ds.epoch + 1)
+                it = iter(ds)
+            return time.perf_counter() - w0, time.process_time() - c0
+
+        store_run(5)
+        _timed(lambda i: baseline(i, rng), 5)  # warm-up: imports, caches
+        best = {"store": (np.inf, np.inf), "baseline": (np.inf, np.inf)}
+        paired = []
+        for r in range(rounds):
+            s = store_run(samples)
+            b = _timed(lambda i: baseline(i, rng), samples)
+            best["store"] = min(best["store"], s)
+            best["baseline"] = min(best["baseline"], b)
+            paired.append(b[0] / s[0])
+            log(
+                f"round {r + 1}/{rounds}: store {samples / s[0]:.1f}/s, "
+                f"baseline {samples / b[0]:.1f}/s"
+            )
+    res = {
+        "store_samples_per_s": samples / best["store"][0],
+        "baseline_samples_per_s": samples / best["baseline"][0],
+        "store_cpu_ms": 1000 * best["store"][1] / samples,
+        "baseline_cpu_ms": 1000 * best["baseline"][1] / samples,
+    }
+    res["ratio"] = res["store_samples_per_s"] / res["baseline_samples_per_s"]
+    res["ratio_paired_median"] = float(np.median(paired))
+    res["cpu_ratio"] = res["baseline_cpu_ms"] / res["store_cpu_ms"]
+    side = "" if decode == "cpu" else " [store: loader side of the GPU decode path]"
+    log(
+        f"MAViL pre-training view (audio 1x1024x128 + video 8x3x224x224){side}, 1 worker, "
+        f"{threads} thread(s), {samples} samples x {rounds} rounds (best):"
+    )
+    log(
+        f"  store    : {res['store_samples_per_s']:8.1f} samples/s  "
+        f"CPU {res['store_cpu_ms']:6.1f} ms/sample"
+    )
+    log(
+        f"  baseline : {res['baseline_samples_per_s']:8.1f} samples/s  "
+        f"CPU {res['baseline_cpu_ms']:6.1f} ms/sample  (wav + JPEG files, fbank on the fly, PIL)"
+    )
+    log(
+        f"  ratio    : {res['ratio']:.2f}x samples/s (target >= 2x); per-round median "
+        f"{res['ratio_paired_median']:.2f}x; CPU per sample {res['cpu_ratio']:.2f}x less"
+    )
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m store.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--store", help="store path or URL (default: build one from the media)")
+    p.add_argument("--media", type=Path, default=None, help="shared media dir")
+    p.add_argument("--samples", type=int, default=100, help="samples per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 = one worker)")
+    p.add_argument(
+        "--decode",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="gpu: time the loader side of the nvJPEG path (bytes + crop plan)",
+    )
+    a = p.parse_args(argv)
+    run_bench(a.store, a.media, a.samples, a.rounds, a.threads, decode=a.decode)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

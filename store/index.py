@@ -1,0 +1,146 @@
+"""The Parquet index: one part per shard (index/NNNNNN.parquet), one row per clip.
+
+An index part is the commit record of its shard: it is written last, in one step, and
+names the shard's data file. Readers trust index parts only; anything under shards/ that
+no part names is garbage from a killed writer (``pipeline verify`` reports it).
+The parts can be read without our code, e.g. duckdb ``read_parquet('STORE/index/*.parquet')``.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from store.backends.fs import atomic_write_bytes, join
+from store.errors import StoreError
+
+INDEX_DIR = "index"
+SHARDS_DIR = "shards"
+LABELS_FILE = "labels.parquet"
+PART_RE = re.compile(r"^(\d+)\.parquet$")
+SHARD_FILE_RE = re.compile(r"^shards/\d+-[0-9a-f]+\.(zarr|h5)$")
+
+INDEX_SCHEMA = pa.schema([
+    ("clip_id", pa.string()),
+    ("source_id", pa.string()),
+    ("start", pa.float64()),
+    ("end", pa.float64()),
+    ("uri", pa.string()),
+    ("split", pa.string()),
+    ("labels", pa.list_(pa.int32())),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("shard", pa.int32()),
+    ("shard_file", pa.string()),  # relative to the store root; "" when no clip was ok
+    ("row", pa.int32()),  # position in the shard's arrays; -1 for failed clips
+    ("audio_frames", pa.int32()),
+    ("audio_samples", pa.int32()),
+    ("video_frames", pa.int32()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("has_audio", pa.bool_()),
+    ("has_video", pa.bool_()),
+    ("duration", pa.float64()),
+    ("checksum", pa.string()),  # blake2b-128 hex of the stored feature bytes; "" if failed
+])
+
+VOCAB_SCHEMA = pa.schema([
+    ("index", pa.int32()), ("mid", pa.string()), ("display_name", pa.string()),
+])
+
+
+def check_shard_file(name: str, where: str) -> str:
+    """A shard_file from an index part, refused unless it is a plain name under shards/
+    (an edited index must never make the reader open a path outside the store)."""
+    if not SHARD_FILE_RE.match(name):
+        raise StoreError(f"{where}: shard_file {name!r} is not a shard data file name; the "
+                         "index part is corrupt or edited, re-run its shard")
+    return name
+
+
+def part_name(shard_id: int) -> str:
+    return f"{INDEX_DIR}/{shard_id:06d}.parquet"
+
+
+def make_part(rows: list[dict[str, Any]], shard_id: int, shard_file: str) -> pa.Table:
+    table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+    meta = {b"mavil_store.shard": str(shard_id).encode(),
+            b"mavil_store.shard_file": shard_file.encode()}
+    return table.replace_schema_metadata(meta)
+
+
+def write_part(fs: Any, root: str, shard_id: int, table: pa.Table) -> str:
+    """Write one index part in one step (this is the shard's commit)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    path = join(root, part_name(shard_id))
+    atomic_write_bytes(fs, path, buf.getvalue())
+    return path
+
+
+def read_part(fs: Any, path: str) -> pa.Table:
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+    except FileNotFoundError as exc:
+        raise StoreError(f"index part {path} is missing; re-run its shard") from exc
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise StoreError(f"index part {path} is unreadable ({exc}); delete it and re-run its "
+                         "shard (pipeline verify lists all such parts)") from exc
+    missing = [n for n in INDEX_SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise StoreError(f"index part {path} lacks columns {missing}; re-run its shard")
+    return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+
+
+def list_parts(fs: Any, root: str) -> dict[int, str]:
+    """{shard_id: path} of every committed index part."""
+    directory = join(root, INDEX_DIR)
+    try:
+        names = fs.ls(directory, detail=False)
+    except FileNotFoundError:
+        return {}
+    parts = {}
+    for name in names:
+        m = PART_RE.match(name.rstrip("/").rsplit("/", 1)[-1])
+        if m:
+            parts[int(m.group(1))] = join(directory, m.group(0))
+    return dict(sorted(parts.items()))
+
+
+def read_index(fs: Any, root: str) -> pa.Table:
+    """All committed parts, in shard order; an empty table with the schema if none."""
+    paths = list(list_parts(fs, root).values())
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(paths)))) as pool:
+        tables = list(pool.map(lambda p: read_part(fs, p), paths))  # Arrow drops the GIL
+    if not tables:
+        return INDEX_SCHEMA.empty_table()
+    return pa.concat_tables(tables).replace_schema_metadata(None)
+
+
+def write_vocabulary(fs: Any, root: str, table: pa.Table) -> None:
+    missing = [n for n in VOCAB_SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise StoreError(f"vocabulary table lacks columns {missing}; need index, mid, "
+                         "display_name")
+    table = table.select(VOCAB_SCHEMA.names).cast(VOCAB_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(fs, join(root, LABELS_FILE), buf.getvalue())
+
+
+def read_vocabulary(fs: Any, root: str) -> pa.Table:
+    path = join(root, LABELS_FILE)
+    if not fs.exists(path):
+        return VOCAB_SCHEMA.empty_table()
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f).select(VOCAB_SCHEMA.names).cast(VOCAB_SCHEMA)
+    except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
+        raise StoreError(f"{path} is unreadable ({exc}); re-create it from the label "
+                         "csv") from exc

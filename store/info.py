@@ -1,0 +1,63 @@
+"""Summarise a store: clips by split and status, size on disk, bytes per clip, stats."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow.compute as pc
+
+from store.backends.fs import join, resolve, size_on_disk
+from store.index import INDEX_DIR, LABELS_FILE, read_index, read_vocabulary
+from store.records import OK
+from store.writer import read_spec
+
+
+def store_info(path: str) -> dict[str, Any]:
+    fs, root = resolve(path)
+    spec = read_spec(fs, root)
+    index = read_index(fs, root)
+    by_split: dict[str, dict[str, int]] = {}
+    for row in index.group_by(["split", "status"]).aggregate([("clip_id", "count")]).to_pylist():
+        by_split.setdefault(row["split"], {})[row["status"]] = row["clip_id_count"]
+    files = sorted({f for f in index["shard_file"].to_pylist() if f})
+    data_bytes = sum(size_on_disk(fs, join(root, f)) for f in files)
+    index_bytes = size_on_disk(fs, join(root, INDEX_DIR)) if fs.exists(join(root, INDEX_DIR)) \
+        else 0
+    n_ok = int(pc.sum(pc.equal(index["status"], OK)).as_py() or 0)
+    vocab = read_vocabulary(fs, root)
+    return {
+        "path": str(path), "schema_version": spec.schema_version, "backend": spec.backend,
+        "clips": index.num_rows, "ok": n_ok, "failed": index.num_rows - n_ok,
+        "shards": len(set(index["shard"].to_pylist())), "shard_files": len(files),
+        "by_split": by_split, "data_bytes": data_bytes, "index_bytes": index_bytes,
+        "labels_bytes": size_on_disk(fs, join(root, LABELS_FILE))
+        if fs.exists(join(root, LABELS_FILE)) else 0,
+        "bytes_per_clip": data_bytes / n_ok if n_ok else 0.0,
+        "num_classes": vocab.num_rows, "stats": spec.stats, "spec": spec.to_dict(),
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    spec = info["spec"]
+    lines = [
+        f"store      {info['path']}",
+        f"schema     v{info['schema_version']}, backend {info['backend']}",
+        f"features   fbank {spec['fbank']['num_mel_bins']} mel x "
+        f"{spec['fbank']['target_frames']} frames @ {spec['sample_rate']} Hz; "
+        f"{spec['num_frames']} frames @ {spec['frame_rate']} fps, longer side "
+        f"{spec['resize_longer_side']}, JPEG q{spec['jpeg_quality']}; waveform "
+        f"{'yes' if spec['store_waveform'] else 'no'}",
+        f"clips      {info['clips']} ({info['ok']} ok, {info['failed']} failed) in "
+        f"{info['shards']} shards",
+    ]
+    for split, statuses in sorted(info["by_split"].items()):
+        parts = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+        lines.append(f"  {split or '(none)':<10} {parts}")
+    mb = info["data_bytes"] / 1e6
+    lines.append(f"size       {mb:.1f} MB data, {info['index_bytes'] / 1e3:.1f} kB index; "
+                 f"{info['bytes_per_clip'] / 1e6:.3f} MB per ok clip")
+    lines.append(f"labels     {info['num_classes']} classes")
+    stats = info["stats"]
+    lines.append("stats      " + (", ".join(f"{k}={v}" for k, v in sorted(stats.items()))
+                                  if stats else "(none yet)"))
+    return "\n".join(lines)

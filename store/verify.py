@@ -1,0 +1,192 @@
+"""Re-check a store: every index part, every shard file, every clip's checksum.
+
+Problems (corruption, missing shards, index/shard mismatches) make verify fail and are
+named one by one. Orphans -- data files no index part names, left by killed writers or
+superseded commits -- are harmless garbage; they are listed and, with fix=True, removed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from store.backends import get_backend
+from store.backends.fs import join, remove, resolve
+from store.errors import StoreError
+from store.index import (
+    INDEX_DIR,
+    PART_RE,
+    SHARDS_DIR,
+    check_shard_file,
+    list_parts,
+    read_part,
+)
+from store.records import OK, clip_checksum
+from store.writer import read_spec
+
+BATCH = 32  # clips read per backend call
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    shards: int = 0
+    clips: int = 0
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        lines = [f"{self.path}: {self.shards} shards, {self.clips} clips, "
+                 f"{self.checked} checksums verified, {len(self.problems)} problems, "
+                 f"{len(self.orphans)} orphan files"]
+        lines += [f"  PROBLEM {p}" for p in self.problems]
+        lines += [f"  orphan {o}" + (" (removed)" if o in self.removed else "")
+                  for o in self.orphans]
+        return "\n".join(lines)
+
+
+def verify_store(path: str, fix: bool = False, grace_seconds: float = 3600.0,
+                 progress: bool = True) -> VerifyReport:
+    """Check everything; with ``fix``, delete orphans older than ``grace_seconds`` (a
+    younger one may belong to a writer still running)."""
+    fs, root = resolve(path)
+    report = VerifyReport(path=str(path))
+    try:
+        spec = read_spec(fs, root)
+    except StoreError as exc:
+        report.problems.append(str(exc))
+        return report
+    backend = get_backend(spec.backend)
+    parts = list_parts(fs, root)
+    report.shards = len(parts)
+    tables = {}
+    for shard_id, part in parts.items():
+        try:
+            tables[shard_id] = read_part(fs, part)
+        except StoreError as exc:
+            report.problems.append(str(exc))
+    counts = Counter(cid for t in tables.values() for cid in t["clip_id"].to_pylist())
+    report.clips = sum(counts.values())
+    dups = sorted(c for c, k in counts.items() if k > 1)
+    if dups:
+        report.problems.append(f"clip ids in more than one row: {dups[:10]}")
+    named = set()
+    total_ok = sum(sum(1 for s in t["status"].to_pylist() if s == OK) for t in tables.values())
+    bar = tqdm(total=total_ok, desc="verify", unit="clip", disable=not progress)
+    for shard_id, table in tables.items():
+        rows = table.to_pylist()
+        files = {r["shard_file"] for r in rows if r["shard_file"]}
+        named |= files
+        _check_shard(fs, root, backend, spec, shard_id, parts[shard_id], rows, report, bar)
+    bar.close()
+    _find_orphans(fs, root, named, report, fix, grace_seconds)
+    return report
+
+
+def _check_shard(fs: Any, root: str, backend: Any, spec: Any, shard_id: int, part: str,
+                 rows: list[dict[str, Any]], report: VerifyReport, bar: tqdm) -> None:
+    ok_rows = [r for r in rows if r["status"] == OK]
+    files = {r["shard_file"] for r in rows}
+    if len(files) > 1:
+        report.problems.append(f"{part}: rows name different shard files {sorted(files)}")
+        return
+    for r in rows:
+        if r["shard"] != shard_id:
+            report.problems.append(f"{part}: clip {r['clip_id']!r} says shard {r['shard']}")
+        if (r["status"] == OK) != (r["row"] >= 0):
+            report.problems.append(f"{part}: clip {r['clip_id']!r} status {r['status']!r} "
+                                   f"but row {r['row']}")
+    if not ok_rows:
+        return
+    shard_file = ok_rows[0]["shard_file"]
+    where = f"shard {shard_id} ({shard_file}, named by {part})"
+    try:
+        check_shard_file(shard_file, part)
+        reader = backend.open(fs, join(root, shard_file), spec)
+    except StoreError as exc:
+        report.problems.append(f"{where}: {exc}")
+        bar.update(len(ok_rows))
+        return
+    try:
+        ids, num_frames = reader.clip_ids, reader.num_frames
+        if len(ids) != len(ok_rows):
+            report.problems.append(f"{where}: holds {len(ids)} clips, index has "
+                                   f"{len(ok_rows)} ok rows")
+        for start in range(0, len(ok_rows), BATCH):
+            batch = ok_rows[start:start + BATCH]
+            try:
+                data = reader.read([r["row"] for r in batch])
+            except (StoreError, OSError, ValueError) as exc:
+                report.problems.append(f"{where}: rows {batch[0]['row']}..{batch[-1]['row']} "
+                                       f"unreadable: {exc}")
+                bar.update(len(batch))
+                continue
+            for r, d in zip(batch, data, strict=True):
+                _check_clip(r, d, ids, num_frames, where, report)
+            bar.update(len(batch))
+    except StoreError as exc:
+        report.problems.append(f"{where}: {exc}")
+    finally:
+        reader.close()
+
+
+def _check_clip(r: dict[str, Any], d: Any, ids: list[str], num_frames: Any, where: str,
+                report: VerifyReport) -> None:
+    i, cid = r["row"], r["clip_id"]
+    if i >= len(ids) or ids[i] != cid:
+        report.problems.append(f"{where}: row {i} holds clip "
+                               f"{ids[i] if i < len(ids) else None!r}, index says {cid!r}")
+        return
+    if int(num_frames[i]) != r["video_frames"]:
+        report.problems.append(f"{where}: clip {cid!r} has {int(num_frames[i])} frames, "
+                               f"index says {r['video_frames']}")
+    frames = d.frames[: r["video_frames"]]
+    wav = b"" if d.waveform is None else d.waveform[: r["audio_samples"]].tobytes()
+    if clip_checksum(d.fbank.astype("<f2").tobytes(), frames, wav) != r["checksum"]:
+        report.problems.append(f"{where}: clip {cid!r} checksum mismatch (corrupt data); "
+                               "re-run the shard")
+    else:
+        report.checked += 1
+
+
+def _find_orphans(fs: Any, root: str, named: set[str], report: VerifyReport, fix: bool,
+                  grace_seconds: float) -> None:
+    """Data files no index part names, and temp files of interrupted index writes."""
+    now = time.time()
+    for directory in (SHARDS_DIR, INDEX_DIR):
+        try:
+            entries = fs.ls(join(root, directory), detail=False)
+        except FileNotFoundError:
+            continue
+        for entry in sorted(entries):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            rel = f"{directory}/{name}"
+            if rel in named or (directory == INDEX_DIR and PART_RE.match(name)):
+                continue
+            _orphan(fs, entry, rel, report, fix, now - _mtime(fs, entry) >= grace_seconds)
+
+
+def _orphan(fs: Any, entry: str, rel: str, report: VerifyReport, fix: bool, old: bool
+            ) -> None:
+    report.orphans.append(rel)
+    if fix and old:
+        remove(fs, entry)
+        report.removed.append(rel)
+
+
+def _mtime(fs: Any, path: str) -> float:
+    try:
+        m = fs.modified(path)
+        return m.timestamp()
+    except (NotImplementedError, FileNotFoundError, AttributeError):
+        return 0.0

@@ -1,0 +1,28 @@
+"""The loader benchmark runs end to end on a real store and reports sane figures.
+
+(Speed itself is judged by running `python -m store.bench`, not by a timed test.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loader_fixtures import zarr_store  # noqa: F401
+
+from store.bench import main, run_bench
+
+
+def test_bench_runs_on_a_given_store(zarr_store: str, media_dir: Path) -> None:  # noqa: F811
+    lines: list[str] = []
+    res = run_bench(zarr_store, media_dir, samples=3, rounds=1, log=lines.append)
+    for key in ("store_samples_per_s", "baseline_samples_per_s", "store_cpu_ms", "baseline_cpu_ms"):
+        assert res[key] > 0
+    assert abs(res["ratio"] - res["store_samples_per_s"] / res["baseline_samples_per_s"]) < 1e-9
+    assert any("ratio" in line for line in lines)
+
+
+def test_bench_cli_help(capsys) -> None:
+    try:
+        main(["--help"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    assert "--store" in capsys.readouterr().out

@@ -1,0 +1,295 @@
+"""One conformance suite for both backends: round trip, index, random access, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from store_fixtures import media_records
+
+from store import ClipRecord, StoreError, StoreSpec, create_store, open_store, open_writer
+from store.index import INDEX_SCHEMA
+
+BACKENDS = ["zarr", "hdf5"]
+
+
+@pytest.fixture(scope="module")
+def records(media_dir: Path) -> list[ClipRecord]:
+    return media_records(media_dir, StoreSpec(store_waveform=True))
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def store_path(request, records, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp(f"store_{request.param}")
+    writer = create_store(str(path), StoreSpec(backend=request.param, store_waveform=True))
+    writer.write_shard(0, records[:5])
+    writer.write_shard(7, records[5:])
+    return path
+
+
+def _ok(records):
+    return [r for r in records if r.status == "ok"]
+
+
+def _expected_checksum(r: ClipRecord) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    fb = np.zeros((1024, 128), "<f2") if r.fbank is None else r.fbank
+    h.update(fb.astype("<f2").tobytes())
+    for f in r.frames:
+        h.update(f)
+    if r.waveform is not None:
+        h.update(r.waveform[:160000].astype("<i2").tobytes())
+    return h.hexdigest()
+
+
+def test_round_trip_is_bit_exact(store_path, records):
+    store = open_store(str(store_path))
+    for r in _ok(records):
+        clip = store.get(r.clip_id)
+        want = np.zeros((1024, 128), np.float16) if r.fbank is None else r.fbank
+        assert clip.fbank.dtype.is_floating_point and tuple(clip.fbank.shape) == (1024, 128)
+        assert np.array_equal(clip.fbank.numpy().view(np.uint16), want.view(np.uint16))
+        assert clip.frames == r.frames
+        assert (clip.height, clip.width) == (r.height, r.width)
+        assert clip.labels == r.labels and clip.audio_frames == r.audio_frames
+        assert (clip.has_audio, clip.has_video) == (r.has_audio, r.has_video)
+        if r.waveform is None:
+            assert clip.waveform is None or len(clip.waveform) == 0
+        else:
+            assert np.array_equal(clip.waveform.numpy(), r.waveform[:160000])
+
+
+def test_index_has_one_row_per_clip_with_checksums(store_path, records):
+    store = open_store(str(store_path))
+    index = store.index()
+    assert index.schema.names == INDEX_SCHEMA.names
+    assert index["clip_id"].to_pylist() == [r.clip_id for r in records]
+    by_id = {row["clip_id"]: row for row in index.to_pylist()}
+    for r in records:
+        row = by_id[r.clip_id]
+        assert row["status"] == r.status and row["error"] == r.error
+        assert row["labels"] == r.labels and row["split"] == r.split
+        assert row["shard"] == (0 if records.index(r) < 5 else 7)
+        if r.status == "ok":
+            assert row["row"] >= 0 and row["video_frames"] == len(r.frames)
+            assert row["checksum"] == _expected_checksum(r)
+            assert (store_path / row["shard_file"]).exists()
+        else:
+            assert row["row"] == -1 and row["checksum"] == ""
+    assert len(store) == len(records)
+    assert store.shard_ids() == [0, 7]
+
+
+def test_random_access_by_row_and_id_agree(store_path, records):
+    store = open_store(str(store_path), cache_size=1)  # forces handle eviction
+    ok_rows = store.filter()["index"].to_pylist()
+    rng = np.random.default_rng(0)
+    for i in rng.permutation(ok_rows):
+        by_row = store.get(int(i))
+        by_id = store.get(by_row.clip_id)
+        assert by_row.index == int(i) and by_id.index == int(i)
+        assert np.array_equal(by_row.fbank.numpy(), by_id.fbank.numpy())
+        assert by_row.frames == by_id.frames
+
+
+def test_read_shard_matches_get(store_path):
+    store = open_store(str(store_path))
+    for shard in store.shard_ids():
+        clips = store.read_shard(shard)
+        assert clips, "each shard has ok clips"
+        for c in clips:
+            single = store.get(c.clip_id)
+            assert np.array_equal(c.fbank.numpy(), single.fbank.numpy())
+            assert c.frames == single.frames
+    rows = [c for c in store.index().to_pylist() if c["shard"] == 0 and c["row"] >= 0]
+    picked = store.read_shard(0, rows=[rows[2]["row"], rows[0]["row"]])
+    assert [c.clip_id for c in picked] == [rows[2]["clip_id"], rows[0]["clip_id"]]
+
+
+def test_filter_by_split_status_labels(store_path, records):
+    store = open_store(str(store_path))
+    got = store.filter(split="train", labels=[137, 300])["clip_id"].to_pylist()
+    want = [r.clip_id for r in records
+            if r.split == "train" and r.status == "ok" and {137, 300} & set(r.labels)]
+    assert got == want and want
+    failed = store.filter(status="not_found")["clip_id"].to_pylist()
+    assert failed == ["missing"]
+    assert store.filter(status=None).num_rows == len(records)
+
+
+def test_decode_frames_matches_independent_decoder(store_path):
+    from io import BytesIO
+
+    from PIL import Image
+
+    clip = open_store(str(store_path)).get("bunny")
+    images = clip.decode_frames()
+    assert tuple(images.shape) == (len(clip.frames), 3, clip.height, clip.width)
+    ref = np.asarray(Image.open(BytesIO(clip.frames[3])).convert("RGB")).transpose(2, 0, 1)
+    assert np.abs(images[3].numpy().astype(int) - ref.astype(int)).mean() < 2.0
+
+
+def _child_read(store, clip_id, queue):
+    queue.put(store.get(clip_id).fbank.float().sum().item())
+
+
+@pytest.mark.parametrize("method", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_store_survives_pickle_and_fork(store_path, method):
+    store = open_store(str(store_path))
+    want = store.get("earth_10").fbank.float().sum().item()  # parent holds open handles
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.get("earth_10").fbank.float().sum().item() == want
+    ctx = mp.get_context(method)
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_read, args=(store, "earth_10", queue))
+    proc.start()
+    got = queue.get(timeout=120)
+    proc.join(60)
+    assert proc.exitcode == 0 and got == want
+
+
+def test_clear_errors(store_path, tmp_path):
+    store = open_store(str(store_path))
+    with pytest.raises(StoreError, match="unknown clip id 'nope'"):
+        store.get("nope")
+    with pytest.raises(StoreError, match="status 'not_found'"):
+        store.get("missing")
+    with pytest.raises(StoreError, match="out of range"):
+        store.get(10_000)
+    spec = json.loads((store_path / "store.json").read_text())
+    spec["schema_version"] = 99
+    (tmp_path / "store.json").write_text(json.dumps(spec))
+    with pytest.raises(StoreError, match=r"store\.json.*schema version 99 is newer"):
+        open_store(str(tmp_path))
+    with pytest.raises(StoreError, match="not a feature store"):
+        open_store(str(tmp_path / "absent"))
+
+
+def test_truncated_index_part_and_missing_shard(store_path, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store_path, copy)
+    part = copy / "index" / "000007.parquet"
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(StoreError, match=r"index/000007\.parquet is unreadable"):
+        open_store(str(copy)).index()
+    store = open_store(str(store_path))
+    shutil.rmtree(copy)
+    shutil.copytree(store_path, copy)
+    row = store.index().to_pylist()[0]
+    target = copy / row["shard_file"]
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(StoreError, match=row["shard_file"].split("/")[-1]):
+        open_store(str(copy)).get(row["clip_id"])
+
+
+def test_writer_rejects_bad_records(store_path, records, tmp_path):
+    writer = create_store(str(tmp_path / "s"), StoreSpec())
+    bad = ClipRecord("x", "x", 0, 10, "u", "train", [1], fbank=np.zeros((100, 128), "f2"))
+    with pytest.raises(StoreError, match="fbank shape"):
+        writer.write_shard(0, [bad])
+    many = ClipRecord("y", "y", 0, 10, "u", "train", [1], frames=[b"\xff\xd8"] * 21)
+    with pytest.raises(StoreError, match="21 frames"):
+        writer.write_shard(0, [many])
+    with pytest.raises(StoreError, match="duplicate clip ids"):
+        writer.write_shard(0, [records[0], records[0]])
+    assert writer.committed_shards() == set()
+    with pytest.raises(StoreError, match="different spec"):
+        create_store(str(tmp_path / "s"), StoreSpec(jpeg_quality=50))
+    writer.write_shard(1, records[:2])
+    again = create_store(str(tmp_path / "s"), StoreSpec())  # a restarted pipeline
+    assert again.committed_shards() == {1}
+
+
+def test_rerun_replaces_shard_whole(records, tmp_path):
+    for backend in BACKENDS:
+        path = tmp_path / backend
+        writer = create_store(str(path), StoreSpec(backend=backend))
+        first = writer.write_shard(3, records[:4])
+        second = open_writer(str(path)).write_shard(3, records[4:6])
+        assert not (path / first["shard_file"]).exists()
+        assert (path / second["shard_file"]).exists()
+        store = open_store(str(path))
+        assert store.index()["clip_id"].to_pylist() == [r.clip_id for r in records[4:6]]
+        assert store.get(records[4].clip_id).fbank.shape == (1024, 128)
+        assert writer.shard_index(3).num_rows == 2 and writer.committed_shards() == {3}
+        writer.set_stats({"fbank_mean": -4.2, "fbank_std": 4.5})
+        assert open_store(str(path)).spec.stats["fbank_mean"] == -4.2
+
+
+def test_zarr_library_engine_agrees_with_direct_reads(records, tmp_path):
+    writer = create_store(str(tmp_path), StoreSpec(store_waveform=True))
+    writer.write_shard(0, records)
+    direct, library = open_store(str(tmp_path)), open_store(str(tmp_path), engine="zarr")
+    for r in _ok(records):
+        a, b = direct.get(r.clip_id), library.get(r.clip_id)
+        assert np.array_equal(a.fbank.numpy(), b.fbank.numpy()) and a.frames == b.frames
+        assert np.array_equal(a.waveform.numpy(), b.waveform.numpy())
+    assert [c.clip_id for c in library.read_shard(0)] == [r.clip_id for r in _ok(records)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fsspec_url_store(backend, records):
+    """A non-local fsspec filesystem (memory://) takes the object-store code paths."""
+    import fsspec
+
+    from store.verify import verify_store
+
+    url = f"memory://conformance_{backend}"
+    try:
+        writer = create_store(url, StoreSpec(backend=backend, store_waveform=True))
+        writer.write_shard(0, records[:3])
+        second = writer.write_shard(0, records[:4])  # re-run: the old object is deleted
+        store = open_store(url)
+        for r in _ok(records[:4]):
+            clip = store.get(r.clip_id)
+            want = np.zeros((1024, 128), np.float16) if r.fbank is None else r.fbank
+            assert np.array_equal(clip.fbank.numpy().view(np.uint16), want.view(np.uint16))
+            assert clip.frames == r.frames
+        report = verify_store(url, progress=False)
+        assert report.ok and report.orphans == [], report.summary()
+        assert [c.clip_id for c in store.read_shard(0)] == [r.clip_id for r in _ok(records[:4])]
+        assert second["shard_file"] in store.index()["shard_file"].to_pylist()
+    finally:
+        fsspec.filesystem("memory").rm(f"/conformance_{backend}", recursive=True)
+
+
+def test_edited_index_cannot_point_outside_the_store(records, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from store.verify import verify_store
+
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    store = tmp_path / "store"
+    writer = create_store(str(store), StoreSpec())
+    writer.write_shard(0, records[:2])
+    part = store / "index" / "000000.parquet"
+    table = pq.read_table(part)
+    evil = pa.array(["shards/../../precious.txt"] * table.num_rows)
+    pq.write_table(table.set_column(table.schema.get_field_index("shard_file"),
+                                    "shard_file", evil), part)
+    with pytest.raises(StoreError, match="not a shard data file name"):
+        open_store(str(store)).get(records[0].clip_id)
+    assert not verify_store(str(store), progress=False).ok
+    writer.write_shard(0, records[:2])  # a re-run must not delete the named path
+    assert outside.read_text() == "keep me"
+
+
+def test_vocabulary_round_trip(audioset_dir, tmp_path):
+    import pyarrow.csv as pa_csv
+
+    vocab = pa_csv.read_csv(audioset_dir / "class_labels_indices.csv")
+    create_store(str(tmp_path), StoreSpec(vocabulary={"name": "audioset"}), vocab)
+    store = open_store(str(tmp_path))
+    assert store.vocabulary.column_names == ["index", "mid", "display_name"]
+    assert store.vocabulary["display_name"].to_pylist() == vocab["display_name"].to_pylist()
+    assert store.spec.vocabulary == {"name": "audioset", "num_classes": 527}
+    assert len(store) == 0 and store.filter().num_rows == 0

@@ -1,0 +1,110 @@
+"""MAE encoder and decoder for one modality, built from the shared blocks.
+
+``ModalityEncoder`` (MAE ``forward_encoder``): patch embedding + fixed sin-cos positional
+embedding, optional masking, a [CLS] token, ViT blocks and a final LayerNorm. Attribute names
+match MAE / AudioMAE checkpoints (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+``blocks.N``, ``norm``). ``pos_embed`` is a fixed buffer [1, 1 + L, D] (zero row for [CLS]).
+
+``MaskedDecoder`` (MAE ``forward_decoder``): project the visible tokens, fill the removed
+positions with a learned [MASK] token, restore the original order, add fixed decoder
+positional embeddings, run the blocks and a linear prediction head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .blocks import LayerNorm6, init_mae_weights, make_blocks
+from .masking import gather_tokens
+from .pos_embed import sincos_pos_embed_for_grid
+
+
+class ModalityEncoder(nn.Module):
+    """ViT encoder over the (visible) tokens of one modality."""
+
+    def __init__(
+        self,
+        patch_embed: nn.Module,
+        dim: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_embed = patch_embed
+        self.grid_size = tuple(patch_embed.grid_size)
+        self.num_patches = patch_embed.num_patches
+        self.dim = dim
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        pos = sincos_pos_embed_for_grid(dim, self.grid_size, cls_token=True)
+        self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=True)
+        self.blocks = make_blocks(dim, depth, heads, mlp_ratio, drop_path)
+        self.norm = LayerNorm6(dim)
+        self.blocks.apply(init_mae_weights)
+        self.norm.apply(init_mae_weights)
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw input -> [B, L, D] patch tokens with positional embedding (no [CLS]).
+
+        Under autocast the conv output is bf16 and the fixed table fp32, so the residual
+        stream stays fp32 (as in MAE); the blocks' matmuls still run in bf16.
+        """
+        return self.patch_embed(x) + self.pos_embed[:, 1:, :]
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Positioned tokens [B, n, D] -> [B, 1 + n, D] (prepend [CLS], blocks, LayerNorm)."""
+        cls = (self.cls_token + self.pos_embed[:, :1, :]).expand(tokens.shape[0], -1, -1)
+        x = torch.cat([cls.to(tokens.dtype), tokens], dim=1)  # no-op unless the model is cast
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode the tokens ``ids_keep`` ([B, K]) of input ``x`` (all tokens if None)."""
+        tokens = self.embed(x)
+        if ids_keep is not None:
+            tokens = gather_tokens(tokens, ids_keep)
+        return self.forward_tokens(tokens)
+
+
+class MaskedDecoder(nn.Module):
+    """MAE decoder: [CLS] + visible tokens -> predictions for all ``num_patches`` positions."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        grid_size: tuple[int, ...],
+        out_dim: int,
+        dim: int = 512,
+        depth: int = 8,
+        heads: int = 16,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        self.num_patches = 1
+        for g in self.grid_size:
+            self.num_patches *= g
+        self.embed = nn.Linear(in_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        pos = sincos_pos_embed_for_grid(dim, self.grid_size, cls_token=True)
+        self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=True)
+        self.blocks = make_blocks(dim, depth, heads, mlp_ratio)
+        self.norm = LayerNorm6(dim)
+        self.pred = nn.Linear(dim, out_dim)
+        self.apply(init_mae_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """x: [B, 1 + K, in_dim] ([CLS] first); ids_restore [B, L] -> [B, L, out_dim]."""
+        x = self.embed(x)
+        b, n, d = x.shape
+        fill = self.mask_token.expand(b, ids_restore.shape[1] + 1 - n, d)
+        patches = gather_tokens(torch.cat([x[:, 1:, :], fill], dim=1), ids_restore)  # unshuffle
+        x = torch.cat([x[:, :1, :], patches], dim=1) + self.pos_embed  # fp32 stream (MAE)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.pred(self.norm(x))[:, 1:, :]  # drop [CLS]
