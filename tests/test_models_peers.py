@@ -173,12 +173,36 @@ def test_av_mae_encoders_and_decoders(encoder):
         assert (not torch.allclose(enc["e_a"], e_a_other)) == cross_modal
 
 
+def test_av_mae_joint_reconstruction_counts_masked_patches_only():
+    audio, video = inputs(14)
+    model = build_av_mae("tiny")
+    noise_a, noise_v = torch.rand(B, 512), torch.rand(B, 784)
+    base = model(audio, video, noise_a, noise_v)
+    keep_v = torch.zeros(B, 784).scatter_(1, noise_v.argsort(1)[:, :78], 1.0)
+    h = model.decoder_pred_v.register_forward_hook(
+        lambda _m, _i, out: out + 100 * keep_v[..., None])
+    shifted = model(audio, video, noise_a, noise_v)
+    h.remove()
+    assert shifted["loss_v"].item() == pytest.approx(base["loss_v"].item())
+    assert torch.equal(base["mask_v"], 1 - keep_v)
+    # Eq. 1: (1 / (alpha n)) sum over the masked tokens of the per-token squared error
+    target = model.patch_embed_v.patchify(video)
+    per_token = ((base["pred_v"] - target) ** 2).mean(-1)
+    assert base["loss_v"].item() == pytest.approx(
+        (per_token * (1 - keep_v)).sum().item() / (B * 706), rel=1e-5)
+
+
 def test_av_mae_shared_encoder_is_one_set_of_weights():
     shared = build_av_mae("tiny", encoder="shared")
     separate = build_av_mae("tiny", encoder="separate", decoder="shared")
     enc_params = lambda m: sum(p.numel() for n, p in m.named_parameters()  # noqa: E731
                                if n.startswith("encoder"))
     assert 2 * enc_params(shared) == enc_params(separate)
+    tagged = build_av_mae("tiny", encoder="shared", modality_tokens=True)  # Scenic option
+    names = {n for n, _ in tagged.named_parameters()}
+    assert {"modality_a", "modality_v", "decoder_modality_a", "decoder_modality_v"} <= names
+    audio, video = inputs(15)
+    assert torch.isfinite(tagged(audio, video)["loss"])
 
 
 def test_av_mae_inpainting_uses_only_the_other_modality():
