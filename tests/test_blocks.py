@@ -58,6 +58,9 @@ def test_block_parameter_names_follow_timm():
     }
     assert names == expected
     assert Block(64, 4).mlp.fc1.out_features == 256  # mlp_ratio 4
+    assert Block(64, 4).norm1.eps == Block(64, 4).norm2.eps == 1e-6
+    assert Block(64, 4).attn.qkv.bias is not None
+    assert VIT_SIZES["small"] == dict(dim=384, depth=12, heads=6)
     assert VIT_SIZES["base"] == dict(dim=768, depth=12, heads=12)
     assert VIT_SIZES["large"] == dict(dim=1024, depth=24, heads=16)
 

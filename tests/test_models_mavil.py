@@ -103,6 +103,34 @@ def test_contrastive_terms_never_reach_the_fusion_encoder():
     assert (with_c[enc] - without_c[enc]).abs().max() > 1e-6
 
 
+def _hand_nce(x: torch.Tensor, y: torch.Tensor, tau: float) -> float:
+    """Eq. 2 term by term: -1/B sum_i log exp(S_ii / tau) / sum_j exp(S_ij / tau)."""
+    total = 0.0
+    for i in range(len(x)):
+        sims = [float(x[i] @ y[j] / (x[i].norm() * y[j].norm())) / tau for j in range(len(y))]
+        total -= sims[i] - torch.tensor(sims).logsumexp(0).item()
+    return total / len(x)
+
+
+def test_contrastive_terms_use_the_papers_weights_and_temperatures():
+    """Eq. 3-4 with alpha 0.1 / tau 0.1 (inter) and beta 0.01 / tau 1.0 (intra) on the mean
+    of the uni-modal encoder outputs over the visible tokens (views 1 and 2)."""
+    model = MAViL("tiny", **SMALL)
+    assert (model.alpha, model.tau_inter, model.beta, model.tau_intra) == (0.1, 0.1, 0.01, 1.0)
+    seen = {"audio": [], "video": []}
+    for name in seen:
+        getattr(model, f"{name}_encoder").norm.register_forward_hook(
+            lambda _m, _i, out, name=name: seen[name].append(out.detach()))
+    out = model(*small_batch())
+    (a1, a2), (v1, v2) = ([x[:, 1:].mean(1) for x in seen[m]] for m in ("audio", "video"))
+    inter = _hand_nce(a1, v1, 0.1)
+    intra = 0.5 * (_hand_nce(a1, a2, 1.0) + _hand_nce(v1, v2, 1.0))
+    assert out["loss_inter"].item() == pytest.approx(inter, rel=1e-5)
+    assert out["loss_intra"].item() == pytest.approx(intra, rel=1e-5)
+    total = out["loss_recon"] + 0.1 * out["loss_inter"] + 0.01 * out["loss_intra"]
+    assert out["loss"].item() == pytest.approx(total.item(), rel=1e-6)
+
+
 def test_intra_views_are_disjoint_in_the_model(monkeypatch):
     seen = []
     real_views, real_masking = mavil_mod.disjoint_view_ids, mavil_mod.random_masking
@@ -174,6 +202,50 @@ def test_mbt_exchanges_information_only_through_bottlenecks():
     assert FusionEncoder(64, 2, 4, "mbt").bottleneck.shape == (1, 4, 64)
 
 
+@pytest.mark.parametrize("weights", ["shared", "separate"])
+def test_mbt_layer_update_follows_sec_3_1(weights):
+    """Each modality attends over its own tokens + the bottlenecks; the two updated bottleneck
+    copies are averaged: b^{l+1} = (b_a^{l+1} + b_v^{l+1}) / 2 (hand-rolled with the blocks)."""
+    torch.manual_seed(0)
+    fusion = FusionEncoder(32, 2, 4, "mbt", num_bottlenecks=4, mbt_weights=weights).eval()
+    a, v = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    blocks_v = fusion.blocks if weights == "shared" else fusion.blocks_video
+    b = fusion.bottleneck.expand(2, -1, -1)
+    ha, hv = a, v
+    for layer in range(2):
+        out_a = fusion.blocks[layer](torch.cat([ha, b], 1))
+        out_v = blocks_v[layer](torch.cat([hv, b], 1))
+        ha, hv, b = out_a[:, :5], out_v[:, :7], (out_a[:, 5:] + out_v[:, 7:]) / 2
+    a_mm, v_mm = fusion(a, v)
+    torch.testing.assert_close(a_mm, fusion.norm_audio(ha))
+    torch.testing.assert_close(v_mm, fusion.norm_video(hv))
+    n_blocks = len({id(m) for m in (*fusion.blocks, *blocks_v)})
+    assert n_blocks == (2 if weights == "shared" else 4)  # MAViL eq.: one g_av^l; MBT: two
+    keys = FusionEncoder(32, 2, 4, "mbt").state_dict()
+    assert not any(k.startswith("blocks_video") for k in keys)  # shared: no duplicate keys
+
+
+def test_default_decoder_is_the_paper_decoder_for_any_encoder():
+    """An encoder given as a dict still gets the 8-layer 512-d 16-head decoder (appendix B),
+    not a copy of the encoder config; "tiny" keeps the tiny test decoder."""
+    from train.models.blocks import DECODER_SIZES, decoder_size
+    from train.models.uni_mae import build_audio_mae
+
+    custom = dict(dim=96, depth=1, heads=4)
+    with torch.device("meta"):
+        for model in (MAViL(custom), build_audio_mae(custom)):
+            dec = model.audio_decoder
+            assert dec.embed.in_features == 96 and dec.embed.out_features == 512
+            assert len(dec.blocks) == 8 and dec.blocks[0].attn.num_heads == 16
+        explicit = MAViL(custom, decoder=dict(dim=48, depth=2, heads=4))
+    assert explicit.video_decoder.embed.out_features == 48
+    assert len(explicit.video_decoder.blocks) == 2
+    assert decoder_size(None, "tiny") == DECODER_SIZES["tiny"]
+    assert decoder_size(None, "large") == DECODER_SIZES["base"]
+    with pytest.raises(KeyError):
+        decoder_size("huge")
+
+
 def test_stage2_teacher_is_frozen_hidden_and_untouched_by_training():
     audio, video = small_batch()
     model = build_model("mavil_stage2", "tiny", **SMALL)
@@ -201,6 +273,22 @@ def test_stage2_teacher_is_frozen_hidden_and_untouched_by_training():
     torch.testing.assert_close(targets["video"], v_mm[:, 1:])
     assert out["pred_audio"].shape == (4, 16, 64) and out["pred_video"].shape == (4, 8, 64)
     assert model.to(torch.float64).teacher.fusion.blocks[0].attn.qkv.weight.dtype == torch.float64
+
+
+def test_stage2_teacher_runs_without_grad_in_the_autocast_dtype():
+    audio, video = small_batch(2)
+    model = build_model("mavil_stage2", "tiny", **SMALL)
+    dtypes = []
+    model.teacher.fusion.blocks[0].mlp.fc1.register_forward_hook(
+        lambda _m, _i, out: dtypes.append((out.dtype, out.requires_grad)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        targets = model.teacher_targets(audio, video)
+        out = model(audio, video)
+    assert dtypes == [(torch.bfloat16, False)] * 2  # teacher matmuls in bf16, no graph
+    assert not targets["audio"].requires_grad and not targets["video"].requires_grad
+    assert out["loss"].requires_grad and torch.isfinite(out["loss"])
+    total = out["loss_recon"] + 0.1 * out["loss_inter"] + 0.01 * out["loss_intra"]  # Eq. 6
+    assert out["loss"].item() == pytest.approx(total.item(), rel=1e-5)
 
 
 def test_stage2_uni_targets_norm_and_next_iteration(tmp_path):

@@ -122,6 +122,23 @@ def test_cav_mae_reconstruction_counts_masked_patches_only():
     assert masked["loss_mae_a"].item() > base["loss_mae_a"].item() + 1000
 
 
+def test_cav_mae_reconstructs_normalised_patches_eq9():
+    """Eq. 9 reconstructs norm(a_mask), norm(v_mask): per-patch standardised targets (the
+    released recipes set norm_pix_loss=True), averaged over the masked patches only."""
+    audio, frame = inputs(16, video_frames=None)
+    model = build_cav_mae("tiny")
+    assert model.norm_pix_loss
+    noise_a, noise_v = torch.rand(B, 512), torch.rand(B, 196)
+    out = model(audio, frame, noise_a=noise_a, noise_v=noise_v)
+    patches = audio[:, 0].reshape(B, 64, 16, 8, 16).permute(0, 1, 3, 2, 4).reshape(B, 512, 256)
+    mu = patches.mean(-1, keepdim=True)
+    var = ((patches - mu) ** 2).sum(-1, keepdim=True) / 255  # unbiased, as MAE
+    target = (patches - mu) / (var + 1e-6).sqrt()
+    masked = noise_a.argsort(1)[:, 128:]                      # the 384 removed patches
+    err = ((out["pred_a"].detach() - target) ** 2).mean(-1).gather(1, masked)
+    assert out["loss_mae_a"].item() == pytest.approx(err.mean().item(), rel=1e-5)
+
+
 def test_cav_mae_single_streams_see_only_their_modality():
     audio, frame = inputs(3, video_frames=None)
     _, other = inputs(4, video_frames=None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -22,8 +23,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from train.models import build_model
 
 
-def _step_fn(model, opt, audio, video, device_type: str):
-    def step():
+def _step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, audio: torch.Tensor,
+             video: torch.Tensor, device_type: str) -> Callable[[], None]:
+    def step() -> None:
         with torch.autocast(device_type, dtype=torch.bfloat16):
             out = model(audio, video)
         opt.zero_grad(set_to_none=True)
@@ -33,7 +35,7 @@ def _step_fn(model, opt, audio, video, device_type: str):
     return step
 
 
-def _time(step, steps: int, warmup: int, device: torch.device) -> float:
+def _time(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):
         step()
     if device.type == "cuda":
@@ -46,7 +48,8 @@ def _time(step, steps: int, warmup: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def bench_stage(stage: int, size: str, batch: int, steps: int, warmup: int, device) -> dict:
+def bench_stage(stage: int, size: str, batch: int, steps: int, warmup: int,
+                device: torch.device) -> dict:
     torch.manual_seed(0)
     name = "mavil" if stage == 1 else "mavil_stage2"
     model = build_model(name, size).to(device)

@@ -2,13 +2,16 @@
 
 A *plan* maps each source key to a list of ``(target key, transform, note)`` steps, or to a
 string saying why the key is ignored. Our models describe where their ViT branches live
-with :class:`VitBranch` (method ``vit_branches()``); models that do not define it are looked
-found from the shared ``ModalityEncoder`` / ``MaskedDecoder`` modules they contain.
+with :class:`VitBranch` (method ``vit_branches()``); for models that do not define it the
+branches are found from the shared ``ModalityEncoder`` / ``MaskedDecoder`` modules they
+contain (:func:`encoder_branches`).
 
 Layout facts the transforms encode:
 
 * facebookresearch/mae and AudioMAE put a [CLS] position first in ``pos_embed`` /
-  ``decoder_pos_embed``; our encoders mean-pool and have no [CLS] token.
+  ``decoder_pos_embed``. ``ModalityEncoder`` / ``MaskedDecoder`` (MAViL, Audio/Video-MAE)
+  have that row too and take the tables whole when the grids match; CAV-MAE has no [CLS]
+  token, so the row is dropped there.
 * AudioMAE feeds the fbank as [B,1,T,F] (time-major tokens) like we do, so its audio
   weights copy straight across.
 * CAV-MAE transposes the fbank to [B,1,F,T] before its Conv2d (src/models/cav_mae.py,

@@ -43,6 +43,19 @@ class CheckpointError(Exception):
 
 
 # --------------------------------------------------------------------------- our own files
+def strip_prefixes(state: Mapping[str, torch.Tensor], prefixes: Iterable[str] = ("module.",)
+                   ) -> dict[str, torch.Tensor]:
+    """Keys without wrapper prefixes, removed in the given order: DistributedDataParallel /
+    DataParallel ``module.``, and ``student.`` of a MAViL stage-2 model."""
+    prefixes = tuple(prefixes)
+    out = {}
+    for key, value in state.items():
+        for prefix in prefixes:
+            key = key.removeprefix(prefix)
+        out[key] = value
+    return out
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DistributedDataParallel / DataParallel (no ``module.`` keys)."""
     wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
@@ -191,8 +204,7 @@ def read_public_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]
             break
-    state = _check_tensors(obj, path, "checkpoint")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return strip_prefixes(_check_tensors(obj, path, "checkpoint"))
 
 
 def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
@@ -216,7 +228,7 @@ def map_public_state_dict(
     """
     from train import checkpoint_maps
 
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = strip_prefixes(state)
     try:
         layout = layout or detect_layout(state)
     except CheckpointError as exc:

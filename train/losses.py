@@ -50,7 +50,9 @@ def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
-def _nce_one_way(anchors: torch.Tensor, candidates: torch.Tensor, tau: float, offset: int):
+def _nce_one_way(
+    anchors: torch.Tensor, candidates: torch.Tensor, tau: float, offset: int
+) -> torch.Tensor:
     logits = anchors @ candidates.T / tau  # cosine similarity S(x_i, y_j) / tau
     labels = torch.arange(anchors.shape[0], device=anchors.device) + offset
     return F.cross_entropy(logits, labels)  # -1/B sum_i log softmax_j(...)[i, i]

@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import losses
 from .blocks import VIT_SIZES, LayerNorm6, init_mae_weights, make_blocks
-from .masking import gather_tokens, random_masking
+from .masking import random_masking, unshuffle
 from .patch_embed import AudioPatchEmbed, VideoPatchEmbed
 from .pos_embed import sincos_pos_embed_for_grid
 
@@ -194,12 +194,6 @@ class AudiovisualMAE(AVMAEEncoder):
                 "ids_restore_a": restore_a, "ids_restore_v": restore_v}
 
     # ------------------------------------------------------------------ decoder
-    def _unshuffle(self, x: torch.Tensor, mask_token: torch.Tensor, restore: torch.Tensor
-                   ) -> torch.Tensor:
-        b, k, d = x.shape
-        fill = mask_token.to(x.dtype).expand(b, restore.shape[1] - k, d)
-        return gather_tokens(torch.cat([x, fill], dim=1), restore)
-
     def _inpaint(self, other: torch.Tensor, mask_token: torch.Tensor, n: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """[other modality's encoded tokens || n - K target [MASK] tokens] and its loss mask."""
@@ -219,11 +213,11 @@ class AudiovisualMAE(AVMAEEncoder):
         if self.objective in ("inpaint_audio", "inpaint_both"):
             z_a, m_a = self._inpaint(pv, self.mask_token_a, n_a)     # z_a = [e_v || m_a]
         else:
-            z_a, m_a = self._unshuffle(pa, self.mask_token_a, enc["ids_restore_a"]), enc["mask_a"]
+            z_a, m_a = unshuffle(pa, self.mask_token_a, enc["ids_restore_a"]), enc["mask_a"]
         if self.objective in ("inpaint_video", "inpaint_both"):
             z_v, m_v = self._inpaint(pa, self.mask_token_v, n_v)     # z_v = [e_a || m_v]
         else:
-            z_v, m_v = self._unshuffle(pv, self.mask_token_v, enc["ids_restore_v"]), enc["mask_v"]
+            z_v, m_v = unshuffle(pv, self.mask_token_v, enc["ids_restore_v"]), enc["mask_v"]
         z_a, z_v = z_a + self.decoder_pos_embed_a, z_v + self.decoder_pos_embed_v
         if hasattr(self, "decoder_modality_a"):
             z_a, z_v = z_a + self.decoder_modality_a, z_v + self.decoder_modality_v

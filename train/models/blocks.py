@@ -34,6 +34,31 @@ DECODER_SIZES: dict[str, dict[str, int]] = {
 LayerNorm6 = partial(nn.LayerNorm, eps=1e-6)
 
 
+def vit_size(size: str | dict) -> dict[str, int]:
+    """{"dim", "depth", "heads"} of a named ViT size (:data:`VIT_SIZES`) or a custom dict."""
+    if isinstance(size, dict):
+        return dict(size)
+    if size not in VIT_SIZES:
+        raise KeyError(f"unknown ViT size {size!r}; known: {sorted(VIT_SIZES)}")
+    return dict(VIT_SIZES[size])
+
+
+def decoder_size(decoder: str | dict | None, encoder: str | dict = "base") -> dict[str, int]:
+    """{"dim", "depth", "heads"} of an MAE decoder.
+
+    ``decoder`` is a named size (:data:`DECODER_SIZES`), a custom dict, or None for the
+    default that goes with ``encoder``: the 8-layer 512-d 16-head decoder of MAE / MAViL
+    (appendix B) for every encoder, except the test-only "tiny" encoder, which gets "tiny".
+    """
+    if isinstance(decoder, dict):
+        return dict(decoder)
+    if decoder is None:
+        decoder = "tiny" if encoder == "tiny" else "base"
+    if decoder not in DECODER_SIZES:
+        raise KeyError(f"unknown decoder size {decoder!r}; known: {sorted(DECODER_SIZES)}")
+    return dict(DECODER_SIZES[decoder])
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch per sample with probability ``p``."""
 
@@ -53,49 +78,36 @@ class DropPath(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Two-layer GELU MLP of a Transformer block."""
+    """Two-layer GELU MLP of a Transformer block (no dropout: MAE / MAViL use none)."""
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Attention(nn.Module):
     """Multi-head self-attention computed by fused SDPA kernels."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-    ) -> None:
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, heads, N, head_dim]
-        x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0
-        )
-        x = x.transpose(1, 2).reshape(b, n, c)
-        return self.proj_drop(self.proj(x))
+        x = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v, fused
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
 class Block(nn.Module):
@@ -109,18 +121,16 @@ class Block(nn.Module):
         qkv_bias: bool = True,
         drop_path: float = 0.0,
         norm_layer: Callable[[int], nn.Module] = LayerNorm6,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.attn = Attention(dim, num_heads, qkv_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask=attn_mask))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 

@@ -17,6 +17,7 @@ to frequency-major), which ``train/checkpoint_maps.py`` undoes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 
 from .. import losses
 from .blocks import Block, init_mae_weights
-from .masking import random_masking
+from .masking import random_masking, unshuffle
 from .patch_embed import AudioPatchEmbed
 from .pos_embed import get_2d_sincos_pos_embed
 
@@ -44,7 +45,7 @@ class MultiStreamBlock(Block):
     """The joint layer E_j: shared MSA/MLP, LayerNorms per stream {a, v, av} (Eq. 4-6)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 norm_layer=LayerNorm5) -> None:
+                 norm_layer: Callable[[int], nn.Module] = LayerNorm5) -> None:
         super().__init__(dim, heads, mlp_ratio, qkv_bias=True, drop_path=drop_path,
                          norm_layer=norm_layer)
         self.norm1_a, self.norm2_a = norm_layer(dim), norm_layer(dim)
@@ -92,11 +93,7 @@ class CAVMAEEncoder(nn.Module):
         self.norm_a, self.norm_v, self.norm = LayerNorm5(dim), LayerNorm5(dim), LayerNorm5(dim)
 
     def _init_encoder(self) -> None:
-        self.apply(init_mae_weights)
-        for conv in (self.patch_embed_a.proj, self.patch_embed_v.proj):
-            w = conv.weight.data  # like nn.Linear (MAE / CAV-MAE)
-            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-            nn.init.zeros_(conv.bias)
+        self.apply(init_mae_weights)  # Linear / LayerNorm; the patch convs init themselves
         nn.init.normal_(self.modality_a, std=0.02)
         nn.init.normal_(self.modality_v, std=0.02)
 
@@ -163,9 +160,11 @@ class CAVMAE(CAVMAEEncoder):
                  modality_depth: int = 11, joint_depth: int = 1, decoder_dim: int = 512,
                  decoder_depth: int = 8, decoder_heads: int = 16, mlp_ratio: float = 4.0,
                  mask_ratio: float = 0.75, tau: float = 0.05, contrast_weight: float = 0.01,
-                 mae_weight: float = 1.0, norm_pix_loss: bool = False,
+                 mae_weight: float = 1.0, norm_pix_loss: bool = True,
                  bidirectional: bool = False) -> None:
-        # bidirectional=False: Eq. 7 / the official default is one direction (video anchors)
+        # bidirectional=False: Eq. 7 / the official default is one direction (video anchors).
+        # norm_pix_loss=True: Eq. 9 reconstructs norm(a), norm(v), per-patch normalised
+        # patches (the released pre-training recipes set norm_pix_loss=True).
         super().__init__(audio_size, img_size, patch_size, dim, heads, modality_depth,
                          joint_depth, mlp_ratio)
         self.mask_ratio, self.tau = mask_ratio, tau
@@ -210,16 +209,12 @@ class CAVMAE(CAVMAEEncoder):
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 8: pad with [MASK] at the removed positions, add E' and E^p', decode."""
         x = self.decoder_embed(x)
-        b, _, d = x.shape
-        n_a, n_v = restore_a.shape[1], restore_v.shape[1]
+        n_a = restore_a.shape[1]
         keep_a = n_a - int(mask_a[0].sum())  # every sample keeps the same number
-        parts = []
-        for seq, restore, n in ((x[:, :keep_a], restore_a, n_a), (x[:, keep_a:], restore_v, n_v)):
-            fill = self.mask_token.to(x.dtype).expand(b, n - seq.shape[1], d)
-            full = torch.cat([seq, fill], dim=1)
-            parts.append(torch.gather(full, 1, restore.unsqueeze(-1).expand(-1, -1, d)))
-        a = parts[0] + self.decoder_pos_embed_a + self.decoder_modality_a
-        v = parts[1] + self.decoder_pos_embed_v + self.decoder_modality_v
+        a = unshuffle(x[:, :keep_a], self.mask_token, restore_a)
+        v = unshuffle(x[:, keep_a:], self.mask_token, restore_v)  # one [MASK] for both (D_j)
+        a = a + self.decoder_pos_embed_a + self.decoder_modality_a
+        v = v + self.decoder_pos_embed_v + self.decoder_modality_v
         x = torch.cat([a, v], dim=1)
         for blk in self.decoder_blocks:
             x = blk(x)

@@ -8,6 +8,9 @@ match MAE / AudioMAE checkpoints (``patch_embed.proj``, ``cls_token``, ``pos_emb
 ``MaskedDecoder`` (MAE ``forward_decoder``): project the visible tokens, fill the removed
 positions with a learned [MASK] token, restore the original order, add fixed decoder
 positional embeddings, run the blocks and a linear prediction head.
+
+:func:`build_audio_encoder` / :func:`build_video_encoder` make the two encoders every model
+with MAViL-style branches uses (MAViL, its classifiers, Audio-MAE / Video-MAE).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import LayerNorm6, init_mae_weights, make_blocks
-from .masking import gather_tokens
+from .blocks import LayerNorm6, init_mae_weights, make_blocks, vit_size
+from .masking import gather_tokens, unshuffle
+from .patch_embed import AudioPatchEmbed, VideoPatchEmbed
 from .pos_embed import sincos_pos_embed_for_grid
 
 
@@ -101,10 +105,34 @@ class MaskedDecoder(nn.Module):
     def forward(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """x: [B, 1 + K, in_dim] ([CLS] first); ids_restore [B, L] -> [B, L, out_dim]."""
         x = self.embed(x)
-        b, n, d = x.shape
-        fill = self.mask_token.expand(b, ids_restore.shape[1] + 1 - n, d)
-        patches = gather_tokens(torch.cat([x[:, 1:, :], fill], dim=1), ids_restore)  # unshuffle
+        patches = unshuffle(x[:, 1:, :], self.mask_token, ids_restore)
         x = torch.cat([x[:, :1, :], patches], dim=1) + self.pos_embed  # fp32 stream (MAE)
         for blk in self.blocks:
             x = blk(x)
         return self.pred(self.norm(x))[:, 1:, :]  # drop [CLS]
+
+
+def build_audio_encoder(
+    size: str | dict,
+    audio_size: tuple[int, int] = (1024, 128),
+    patch_size: int = 16,
+    drop_path: float = 0.0,
+) -> ModalityEncoder:
+    """ViT encoder over [B, 1, T, F] spectrograms (AudioMAE / MAViL f_a)."""
+    s = vit_size(size)
+    embed = AudioPatchEmbed(tuple(audio_size), patch_size, 1, s["dim"])
+    return ModalityEncoder(embed, s["dim"], s["depth"], s["heads"], drop_path=drop_path)
+
+
+def build_video_encoder(
+    size: str | dict,
+    num_frames: int = 8,
+    img_size: int = 224,
+    patch_size: int = 16,
+    tubelet: int = 2,
+    drop_path: float = 0.0,
+) -> ModalityEncoder:
+    """ViT encoder over [B, T, 3, H, W] clips (mae_st-style tubelets / MAViL f_v)."""
+    s = vit_size(size)
+    embed = VideoPatchEmbed(num_frames, img_size, patch_size, tubelet, 3, s["dim"])
+    return ModalityEncoder(embed, s["dim"], s["depth"], s["heads"], drop_path=drop_path)

@@ -19,6 +19,16 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def unshuffle(visible: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor
+              ) -> torch.Tensor:
+    """MAE decoder input: visible [B, K, D] + ``L - K`` copies of ``mask_token`` [1, 1, D], put
+    back in the original token order by ``ids_restore`` [B, L] (from :func:`random_masking`).
+    """
+    b, k, d = visible.shape
+    fill = mask_token.to(visible.dtype).expand(b, ids_restore.shape[1] - k, d)
+    return gather_tokens(torch.cat([visible, fill], dim=1), ids_restore)
+
+
 def num_kept(length: int, mask_ratio: float) -> int:
     """Visible tokens after masking (MAE: ``int(L * (1 - ratio))``)."""
     return int(length * (1 - mask_ratio))

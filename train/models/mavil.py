@@ -28,53 +28,10 @@ import torch
 from torch import nn
 
 from .. import losses
-from .blocks import DECODER_SIZES, VIT_SIZES
-from .encoder import MaskedDecoder, ModalityEncoder
+from .blocks import decoder_size, vit_size
+from .encoder import MaskedDecoder, ModalityEncoder, build_audio_encoder, build_video_encoder
 from .fusion import FusionEncoder
 from .masking import disjoint_view_ids, gather_tokens, num_kept, random_masking
-from .patch_embed import AudioPatchEmbed, VideoPatchEmbed
-
-
-def vit_size(size: str | dict) -> dict:
-    """{"dim", "depth", "heads"} of a named ViT size (blocks.VIT_SIZES) or a custom dict."""
-    if isinstance(size, dict):
-        return dict(size)
-    if size not in VIT_SIZES:
-        raise KeyError(f"unknown ViT size {size!r}; known: {sorted(VIT_SIZES)}")
-    return dict(VIT_SIZES[size])
-
-
-def decoder_size(size: str | dict) -> dict:
-    """MAE decoder for an encoder size: 512-d x 8 x 16 heads, except the test-only "tiny"."""
-    if isinstance(size, dict):
-        return dict(size)
-    return dict(DECODER_SIZES["tiny" if size == "tiny" else "base"])
-
-
-def build_audio_encoder(
-    size: str | dict,
-    audio_size: tuple[int, int] = (1024, 128),
-    patch_size: int = 16,
-    drop_path: float = 0.0,
-) -> ModalityEncoder:
-    """ViT encoder over [B, 1, T, F] spectrograms (AudioMAE / MAViL f_a)."""
-    s = vit_size(size)
-    embed = AudioPatchEmbed(tuple(audio_size), patch_size, 1, s["dim"])
-    return ModalityEncoder(embed, s["dim"], s["depth"], s["heads"], drop_path=drop_path)
-
-
-def build_video_encoder(
-    size: str | dict,
-    num_frames: int = 8,
-    img_size: int = 224,
-    patch_size: int = 16,
-    tubelet: int = 2,
-    drop_path: float = 0.0,
-) -> ModalityEncoder:
-    """ViT encoder over [B, T, 3, H, W] clips (mae_st-style tubelets / MAViL f_v)."""
-    s = vit_size(size)
-    embed = VideoPatchEmbed(num_frames, img_size, patch_size, tubelet, 3, s["dim"])
-    return ModalityEncoder(embed, s["dim"], s["depth"], s["heads"], drop_path=drop_path)
 
 
 class MAViL(nn.Module):
@@ -83,6 +40,8 @@ class MAViL(nn.Module):
     ``target="raw"`` (stage 1): decoders predict patches (audio 256, video 2*16*16*3 values).
     ``target="features"`` (stage 2): decoders predict ``target_dim``-d teacher features
     (default: the encoder width) and :meth:`forward` needs ``targets``.
+    ``fusion`` is "vanilla" (default, Table 2) or "mbt"; ``mbt_weights`` picks one g_av^l for
+    both modalities ("shared", Sec. 3.1 as written) or MBT's per-modality layers ("separate").
     """
 
     def __init__(
@@ -92,6 +51,7 @@ class MAViL(nn.Module):
         fusion: str = "vanilla",
         fusion_depth: int = 2,
         num_bottlenecks: int = 4,
+        mbt_weights: str = "shared",
         mask_ratio: float = 0.8,
         video_mask_ratio: float | None = None,
         audio_size: tuple[int, int] = (1024, 128),
@@ -120,13 +80,14 @@ class MAViL(nn.Module):
             s, num_frames, img_size, patch_size, tubelet, drop_path
         )
         self.fusion = FusionEncoder(
-            self.dim, fusion_depth, s["heads"], fusion, num_bottlenecks, drop_path=drop_path
-        )
+            self.dim, fusion_depth, s["heads"], fusion, num_bottlenecks,
+            drop_path=drop_path, mbt_weights=mbt_weights,
+        )  # fmt: skip
         self.target = target
         self.target_dim = target_dim or self.dim
         self.audio_decoder = self.video_decoder = None
         if with_decoders:
-            d = decoder_size(decoder if decoder is not None else size)
+            d = decoder_size(decoder, size)
             ape, vpe = self.audio_encoder.patch_embed, self.video_encoder.patch_embed
             out_a = ape.patch_dim if target == "raw" else self.target_dim
             out_v = vpe.patch_dim if target == "raw" else self.target_dim
@@ -160,7 +121,9 @@ class MAViL(nn.Module):
         return {"audio": a_mm[:, 1:], "video": v_mm[:, 1:]}
 
     # ------------------------------------------------------------------ masked view
-    def _masked_encode(self, encoder: ModalityEncoder, x: torch.Tensor, ratio: float):
+    def _masked_encode(
+        self, encoder: ModalityEncoder, x: torch.Tensor, ratio: float
+    ) -> dict[str, torch.Tensor]:
         tokens = encoder.embed(x)
         b, length, _ = tokens.shape
         noise = torch.rand(b, length, device=tokens.device)
@@ -171,7 +134,9 @@ class MAViL(nn.Module):
             out["um_view2"] = encoder.forward_tokens(gather_tokens(tokens, view2))
         return out
 
-    def _recon_targets(self, audio: torch.Tensor, video: torch.Tensor):
+    def _recon_targets(
+        self, audio: torch.Tensor, video: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         ta = self.audio_encoder.patch_embed.patchify(audio)
         tv = self.video_encoder.patch_embed.patchify(video)
         if self.norm_pix_loss:

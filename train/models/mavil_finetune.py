@@ -18,10 +18,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import LayerNorm6
+from ..checkpoints import strip_prefixes
+from .blocks import LayerNorm6, vit_size
+from .encoder import build_audio_encoder, build_video_encoder
 from .fusion import FusionEncoder
 from .masking import random_token_dropping, time_freq_masking
-from .mavil import build_audio_encoder, build_video_encoder, vit_size
 
 MODALITIES = ("audio", "video")
 
@@ -127,7 +128,7 @@ class MAViLClassifier(nn.Module):
         head, ``fc_norm`` and the (new) fine-tuning fusion stay freshly initialised.
         """
         prefixes = tuple(f"{m}_encoder." for m in self.modalities)
-        cleaned = {k.removeprefix("module.").removeprefix("student."): v for k, v in state.items()}
+        cleaned = strip_prefixes(state, ("module.", "student."))
         wanted = {k: v for k, v in cleaned.items() if k.startswith(prefixes)}
         if self.fusion is None:  # the encoder's final norm is replaced by fc_norm (see above)
             wanted = {

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints import read_public_state_dict, strip_prefixes
 from .mavil import MAViL
 
 TARGET_KINDS = ("fusion", "uni")
@@ -89,16 +90,14 @@ class MAViLStage2(nn.Module):
         return MAViLStage2(new_student, teacher, self.target, self.target_norm, config)
 
 
-def _load_state(source: str | Path | dict) -> dict:
-    state = (
-        source
-        if isinstance(source, dict)
-        else torch.load(source, map_location="cpu", weights_only=True)
-    )
+def _load_state(source: str | Path | dict) -> dict[str, torch.Tensor]:
+    """A MAViL state dict from a checkpoint file (read with ``weights_only=True``) or a dict,
+    unwrapped from ``model`` / ``state_dict`` / ``student`` and ``module.`` / ``student.``."""
+    state = source if isinstance(source, dict) else read_public_state_dict(source)
     for key in ("model", "state_dict", "student"):
         if key in state and isinstance(state[key], dict):
             state = state[key]
-    return {k.removeprefix("module.").removeprefix("student."): v for k, v in state.items()}
+    return strip_prefixes(state, ("module.", "student."))
 
 
 def load_teacher(source: str | Path | dict, **mavil_kw) -> MAViL:

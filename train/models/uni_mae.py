@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from .. import losses
-from .encoder import MaskedDecoder
+from .blocks import decoder_size, vit_size
+from .encoder import MaskedDecoder, ModalityEncoder, build_audio_encoder, build_video_encoder
 from .masking import random_masking
-from .mavil import build_audio_encoder, build_video_encoder, decoder_size, vit_size
 
 MODALITIES = ("audio", "video")
 
@@ -45,18 +45,16 @@ class UniModalMAE(nn.Module):
         else:
             encoder = build_video_encoder(s, num_frames, img_size, patch_size, tubelet, drop_path)
         pe = encoder.patch_embed
-        if decoder is None:  # the 8-layer 512-d MAE decoder unless testing ("tiny")
-            decoder = "tiny" if size == "tiny" else "base"
-        dec = MaskedDecoder(s["dim"], pe.grid_size, pe.patch_dim, **decoder_size(decoder))
+        dec = MaskedDecoder(s["dim"], pe.grid_size, pe.patch_dim, **decoder_size(decoder, size))
         setattr(self, f"{modality}_encoder", encoder)
         setattr(self, f"{modality}_decoder", dec)
 
     @property
-    def encoder(self):
+    def encoder(self) -> ModalityEncoder:
         return getattr(self, f"{self.modality}_encoder")
 
     @property
-    def decoder(self):
+    def decoder(self) -> MaskedDecoder:
         return getattr(self, f"{self.modality}_decoder")
 
     def forward(self, x: torch.Tensor, mask_ratio: float | None = None,
