@@ -1,0 +1,185 @@
+"""``pipeline bench``: CPU seconds per clip of the full path against an ffmpeg decode-only
+floor measured in the same run, the split by stage, and 1 vs 2 worker scaling.
+
+CPU time is ``resource.getrusage`` of this process plus its children (ffmpeg), so the
+floor and the full path are charged the same way. The floor decodes the same window of
+the same streams (first video + first audio, ``-threads 1`` as the pipeline runs it) to
+the null muxer; the full path is decode/resize/resample + fbank + JPEG + shard
+write. Target: full / floor <= 1.5. Each JPEG variant is measured after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.decode import DecodeOptions, decode_clip
+from pipeline.features import assemble_record, audio_features, video_features
+from pipeline.ffmpeg_bin import ffmpeg_exe
+from pipeline.manifest import ClipSpec
+from pipeline.probe import probe
+from pipeline.shard_task import decode_options
+from store import StoreSpec, create_store
+
+MEDIA_EXT = {".mp4", ".mpg", ".mkv", ".webm", ".mov", ".avi", ".wav", ".ogg", ".m4a", ".mp3",
+             ".flac"}
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("pil", "torchvision", "ffmpeg")
+STAGES = ("decode/resize/resample (one ffmpeg run)", "fbank", "jpeg", "write")
+
+
+def cpu() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+
+def child_cpu() -> float:
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return c.ru_utime + c.ru_stime
+
+
+def default_media() -> list[Path]:
+    shared = Path(os.environ.get("MAVIL_SHARED", REPO.parent / "shared")) / "data" / "media"
+    folder = shared if shared.is_dir() else REPO / "pipeline" / "sample_media"
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in MEDIA_EXT)
+
+
+def expand(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        out += sorted(q for q in p.iterdir() if q.suffix.lower() in MEDIA_EXT) if p.is_dir() \
+            else [p]
+    return out
+
+
+def floor_cpu(path: Path, seconds: float, ffmpeg: str | None) -> float:
+    """ffmpeg merely decoding the same window and streams to null."""
+    info = probe(str(path), ffmpeg)
+    maps = (["-map", "0:v:0"] if info.has_video else []) + (["-map", "0:a:0"]
+                                                           if info.has_audio else [])
+    args = [ffmpeg_exe(ffmpeg), "-nostdin", "-hide_banner", "-loglevel", "error", "-ss", "0",
+            "-t", str(seconds), "-threads", "1", "-i", str(path), *maps, "-f", "null", "-"]
+    c0 = child_cpu()
+    subprocess.run(args, check=True, capture_output=True)
+    return child_cpu() - c0
+
+
+def full_cpu(path: Path, spec: StoreSpec, variant: str, ffmpeg: str | None,
+             stages: dict[str, float]) -> tuple[float, object]:
+    """The full path for one clip; adds CPU seconds per stage into ``stages``."""
+    opts = decode_options(spec, DecodeOptions(
+        ffmpeg=ffmpeg, video_output="mjpeg" if variant == "ffmpeg" else "rgb"))
+    clip = ClipSpec(path.stem.replace(" ", "_")[:60] or "clip", "x", 0.0, spec.clip_seconds,
+                    str(path), [0], "train")
+    t0 = cpu()
+    decoded = decode_clip(str(path), 0.0, spec.clip_seconds, opts)
+    t1 = cpu()
+    audio = audio_features(decoded.audio, spec)
+    t2 = cpu()
+    jpegs = video_features(decoded, spec, variant)
+    t3 = cpu()
+    record = assemble_record(clip, path.as_uri(), decoded, spec, audio, jpegs)
+    t4 = cpu()
+    stages[STAGES[0]] += t1 - t0
+    stages["fbank"] += t2 - t1
+    stages["jpeg"] += t3 - t2 + t4 - t3
+    return t4 - t0, record
+
+
+def bench_media(media: list[Path], repeat: int, ffmpeg: str | None) -> dict:
+    spec = StoreSpec()
+    out: dict = {"clips": len(media) * repeat, "media": [p.name for p in media],
+                 "variants": {}}
+    floor = sum(floor_cpu(p, spec.clip_seconds, ffmpeg) for _ in range(repeat) for p in media)
+    out["floor_cpu_s_per_clip"] = floor / (len(media) * repeat)
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in VARIANTS:  # warm-up: imports, codec tables, first zarr write
+            warm = [full_cpu(p, spec, variant, ffmpeg, dict.fromkeys(STAGES, 0.0))[1]
+                    for p in media[:2]]
+            create_store(os.path.join(tmp, f"warm-{variant}"), StoreSpec(), None) \
+                .write_shard(0, warm)
+        for variant in VARIANTS:
+            stages = dict.fromkeys(STAGES, 0.0)
+            records, total = [], 0.0
+            for r in range(repeat):
+                for p in media:
+                    c, rec = full_cpu(p, spec, variant, ffmpeg, stages)
+                    rec.clip_id = f"{rec.clip_id}-{r}"
+                    records.append(rec)
+                    total += c
+            writer = create_store(os.path.join(tmp, variant), StoreSpec(), None)
+            t0 = cpu()
+            info = writer.write_shard(0, records)
+            stages["write"] = cpu() - t0
+            total += stages["write"]
+            n = len(records)
+            out["variants"][variant] = {
+                "full_cpu_s_per_clip": total / n,
+                "ratio_to_floor": total / floor,
+                "stages_s_per_clip": {k: v / n for k, v in stages.items()},
+                "bytes_per_clip": info["bytes"] / n,
+            }
+    return out
+
+
+def scaling(media: list[Path], clips: int) -> dict:
+    from pipeline.generic_manifest import generic_vocabulary, read_generic
+    from pipeline.manifest import ManifestBuilder
+    from pipeline.run import BuildOptions, build
+
+    result = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / "m.csv"
+        lines = ["id,uri,start,end,labels,split"]
+        lines += [f"c{i},{media[i % len(media)]},0,10,x,train" for i in range(clips)]
+        manifest.write_text("\n".join(lines) + "\n")
+        vocab = generic_vocabulary(manifest)
+        specs = read_generic(manifest, vocab, ManifestBuilder()).specs
+        warm = BuildOptions(out=os.path.join(tmp, "warm"), engine="local", workers=2,
+                            shard_size=1, progress=False, report_dir=os.path.join(tmp, "r"))
+        build(specs[:2], [], vocab, warm)  # starts the forkserver (imports) outside the timing
+        for workers in (1, 2):
+            opts = BuildOptions(out=os.path.join(tmp, f"w{workers}"), engine="local",
+                                workers=workers, shard_size=max(1, clips // 4),
+                                progress=False, report_dir=os.path.join(tmp, "r"))
+            t0 = time.perf_counter()
+            build(specs, [], vocab, opts)
+            result[f"{workers}_worker_clips_per_s"] = clips / (time.perf_counter() - t0)
+    result["speedup_2_vs_1"] = result["2_worker_clips_per_s"] / result["1_worker_clips_per_s"]
+    return result
+
+
+def format_bench(res: dict) -> str:
+    lines = [f"media: {', '.join(res['media'])} x{res['clips'] // len(res['media'])} "
+             f"({res['clips']} clips), cpus: {os.cpu_count()}",
+             f"floor  ffmpeg decode-only to null: {res['floor_cpu_s_per_clip']:.3f} CPU s/clip"]
+    for name, v in res["variants"].items():
+        lines.append(f"full   jpeg={name:<12} {v['full_cpu_s_per_clip']:.3f} CPU s/clip  "
+                     f"ratio {v['ratio_to_floor']:.2f}x  ({v['bytes_per_clip'] / 1e3:.0f} kB/clip)")
+        lines += [f"         {k:<46} {s:.4f} s/clip" for k, s in v["stages_s_per_clip"].items()]
+    if "scaling" in res:
+        s = res["scaling"]
+        lines.append(f"scaling 1 worker {s['1_worker_clips_per_s']:.2f} clips/s, 2 workers "
+                     f"{s['2_worker_clips_per_s']:.2f} clips/s, speedup "
+                     f"{s['speedup_2_vs_1']:.2f}x")
+    return "\n".join(lines)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    media = default_media() + expand(args.media)
+    res = bench_media(media, max(1, args.repeat), args.ffmpeg)
+    if not args.no_scaling:
+        res["scaling"] = scaling(media, args.scaling_clips)
+    print(format_bench(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0

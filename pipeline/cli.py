@@ -1,0 +1,205 @@
+"""The ``pipeline`` command: build stores (AudioSet, VGGSound, any manifest), stats,
+benchmark, and the store's ``info`` / ``verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from pipeline.decode import DecodeOptions
+from pipeline.engines import ENGINES
+from pipeline.features import JPEG_ENCODERS
+from pipeline.manifest import ManifestBuilder
+from pipeline.run import BuildOptions, build, format_summary
+from pipeline.sources import DEFAULT_PATTERNS, SourceConfig
+
+
+def _add_source_args(p: argparse.ArgumentParser, youtube: bool) -> None:
+    g = p.add_argument_group("media source")
+    g.add_argument("--media-root", help="folder of local media files named by clip "
+                   "(patterns: --media-pattern; any extension)")
+    g.add_argument("--media-pattern", action="append", default=None,
+                   help=f"file stem pattern, repeatable (default {list(DEFAULT_PATTERNS)})")
+    g.add_argument("--url-template", help="download URL per clip, e.g. "
+                   "https://host/{ytid}_{start}.mp4 (fields: ytid clip_id start end start_ms "
+                   "start3 end3 start06)")
+    if youtube:
+        g.add_argument("--source", choices=["youtube"], help="download segments with yt-dlp")
+        g.add_argument("--youtube-url-template", default=SourceConfig.youtube_url_template)
+
+
+def _add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="store path (local dir or fsspec URL)")
+    p.add_argument("--engine", choices=ENGINES, default="ray",
+                   help="ray (default: embedded local Ray), dask, or local processes")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--address", help="existing Ray (ray://, auto) or Dask (tcp://) cluster")
+    p.add_argument("--format", choices=["zarr", "hdf5"], default="zarr")
+    p.add_argument("--shard-size", type=int, default=None, help="clips per shard (1000)")
+    p.add_argument("--limit", type=int, default=None, help="first N accepted clips only")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="re-process only failed clips of committed shards")
+    p.add_argument("--max-retries", type=int, default=3, help="task retries (worker death)")
+    p.add_argument("--report-dir", help="run report + rejects (default OUT/reports)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--ffmpeg", help="ffmpeg binary (default $MAVIL_FFMPEG or imageio-ffmpeg)")
+    p.add_argument("--download-dir", default=None, help="temporary downloads (default tmp)")
+    p.add_argument("--timeout", type=float, default=30.0, help="download timeout, seconds")
+    p.add_argument("--max-mb", type=float, default=512.0, help="download size limit, MB")
+    p.add_argument("--retries", type=int, default=3, help="download retries with backoff")
+    p.add_argument("--jpeg-quality", type=int, default=None)
+    p.add_argument("--jpeg-encoder", choices=JPEG_ENCODERS, default="pil",
+                   help="pil/torchvision encode raw frames; ffmpeg emits MJPEG directly")
+    p.add_argument("--store-waveform", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build-audioset", help="AudioSet segment CSVs -> store")
+    p.add_argument("--segments", nargs="+", required=True, help="segment CSV(s)")
+    p.add_argument("--labels", required=True, help="class_labels_indices.csv")
+    p.add_argument("--splits", nargs="+", help="split per CSV (default from file name)")
+    _add_source_args(p, youtube=True)
+    _add_common_args(p)
+    p.set_defaults(func=cmd_build_audioset)
+
+    p = sub.add_parser("build-vggsound", help="vggsound.csv -> store")
+    p.add_argument("--csv", required=True, help="vggsound.csv (no header)")
+    _add_source_args(p, youtube=True)
+    _add_common_args(p)
+    p.set_defaults(func=cmd_build_vggsound)
+
+    p = sub.add_parser("build", help="generic manifest (CSV/Parquet: id,uri,start,end,"
+                       "labels,split) -> store")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--labels", help="vocabulary CSV index,mid,display_name (default: names "
+                   "found in the manifest)")
+    p.add_argument("--name", default="custom", help="vocabulary name in store.json")
+    _add_source_args(p, youtube=False)
+    _add_common_args(p)
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("stats", help="fbank mean/std of the train split -> store.json")
+    p.add_argument("store")
+    p.add_argument("--split", default="train", help="split to measure ('all' for every clip)")
+    p.add_argument("--engine", choices=ENGINES, default="local")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--address")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("bench", help="CPU s/clip: full path vs ffmpeg decode-only floor")
+    p.add_argument("--media", nargs="*", default=[], help="extra media files or folders")
+    p.add_argument("--repeat", type=int, default=2, help="passes over the media")
+    p.add_argument("--scaling-clips", type=int, default=8, help="clips for 1 vs 2 workers")
+    p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--ffmpeg")
+    p.set_defaults(func=cmd_bench)
+
+    try:
+        from store import cli as store_cli
+
+        store_cli.add_commands(sub)
+    except ImportError:  # store without its CLI: the build commands still work
+        pass
+    return parser
+
+
+def _options(args: argparse.Namespace) -> BuildOptions:
+    source = SourceConfig(
+        media_root=args.media_root, url_template=args.url_template,
+        youtube=getattr(args, "source", None) == "youtube",
+        youtube_url_template=getattr(args, "youtube_url_template",
+                                     SourceConfig.youtube_url_template),
+        download_dir=args.download_dir or os.path.join(tempfile.gettempdir(), "mavil-dl"),
+        timeout=args.timeout, max_bytes=int(args.max_mb * 1024 * 1024), retries=args.retries,
+        ffmpeg=args.ffmpeg)
+    if args.media_pattern:
+        source.patterns = tuple(args.media_pattern)
+    decode = DecodeOptions(ffmpeg=args.ffmpeg,
+                           video_output="mjpeg" if args.jpeg_encoder == "ffmpeg" else "rgb")
+    return BuildOptions(out=args.out, engine=args.engine, workers=max(1, args.workers),
+                        address=args.address, backend=args.format, shard_size=args.shard_size,
+                        jpeg_quality=args.jpeg_quality, store_waveform=args.store_waveform,
+                        retry_failed=args.retry_failed, max_retries=args.max_retries,
+                        report_dir=args.report_dir, progress=not args.no_progress,
+                        jpeg_encoder=args.jpeg_encoder, source=source, decode=decode)
+
+
+def _finish(builder: ManifestBuilder, vocabulary, args: argparse.Namespace, name: str) -> int:
+    if args.media_root is None and args.url_template is None and not getattr(args, "source",
+                                                                             None):
+        if args.command != "build":
+            print("error: give --media-root, --url-template or --source youtube",
+                  file=sys.stderr)
+            return 2
+    builder.limit(args.limit)
+    report = build(builder.specs, builder.rejects, vocabulary, _options(args), name)
+    print(format_summary(report))
+    return 0
+
+
+def cmd_build_audioset(args: argparse.Namespace) -> int:
+    from pipeline.audioset import read_class_labels, read_segments
+
+    vocabulary = read_class_labels(args.labels)
+    builder = read_segments(args.segments, vocabulary, ManifestBuilder(), args.splits)
+    return _finish(builder, vocabulary, args, "audioset")
+
+
+def cmd_build_vggsound(args: argparse.Namespace) -> int:
+    from pipeline.vggsound import read_vggsound, vggsound_vocabulary
+
+    vocabulary = vggsound_vocabulary(args.csv)
+    builder = read_vggsound(args.csv, vocabulary, ManifestBuilder())
+    return _finish(builder, vocabulary, args, "vggsound")
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from pipeline.audioset import read_class_labels
+    from pipeline.generic_manifest import generic_vocabulary, read_generic
+
+    vocabulary = read_class_labels(args.labels) if args.labels else generic_vocabulary(
+        args.manifest)
+    builder = read_generic(args.manifest, vocabulary, ManifestBuilder())
+    return _finish(builder, vocabulary, args, args.name)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from pipeline.stats import compute_stats
+
+    split = None if args.split == "all" else args.split
+    stats = compute_stats(args.store, split, args.engine, max(1, args.workers), args.address)
+    print(json.dumps(stats, indent=1))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.bench import run_bench
+
+    return run_bench(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from store import StoreError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (OSError, ValueError, StoreError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        print(f"error: {err} (install the extra, e.g. pip install 'mavil-store[ray]', "
+              "or use --engine local)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

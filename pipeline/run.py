@@ -1,0 +1,171 @@
+"""Build a store from a manifest: plan shards, resume, run the engine, report.
+
+Shard assignment is deterministic (manifest order, consecutive chunks of ``shard_size``),
+so re-running the same command skips the committed shards (resume), and
+``retry_failed`` re-processes only failed clips of committed shards. Every clip the
+manifest accepted ends in the index; rows it rejected are in the rejects report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipeline.decode import DecodeOptions
+from pipeline.engines import run_engine
+from pipeline.manifest import ClipSpec, Reject, reject_counts, shard_plan, write_rejects
+from pipeline.shard_task import ShardJob, failure_shard, process_shard
+from pipeline.sources import SourceConfig
+from store import StoreError, StoreSpec, create_store, open_store, open_writer
+from store.backends.fs import resolve
+
+
+@dataclass
+class BuildOptions:
+    out: str
+    engine: str = "ray"
+    workers: int = 2
+    address: str | None = None
+    backend: str = "zarr"
+    shard_size: int | None = None        # None: the store's, or 1000 for a new store
+    jpeg_quality: int | None = None      # None: StoreSpec default
+    store_waveform: bool = False
+    retry_failed: bool = False
+    max_retries: int = 3
+    report_dir: str | None = None        # default: <out>/reports for a local store
+    progress: bool = True
+    jpeg_encoder: str = "pil"
+    source: SourceConfig = field(default_factory=SourceConfig)
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+
+
+def open_or_create(opts: BuildOptions, vocabulary: pa.Table, vocab_name: str):
+    """A writer for ``opts.out``: the existing store (resume) or a new one."""
+    fs, root = resolve(opts.out)
+    if fs.exists(f"{root}/store.json"):
+        writer = open_writer(opts.out)
+        want = opts.shard_size or writer.spec.shard_size
+        if want != writer.spec.shard_size or opts.backend != writer.spec.backend:
+            raise StoreError(f"{opts.out} was built with shard_size={writer.spec.shard_size}, "
+                             f"format={writer.spec.backend}; resume with the same settings")
+        return writer
+    spec = StoreSpec(backend=opts.backend, shard_size=opts.shard_size or 1000,
+                     store_waveform=opts.store_waveform,
+                     vocabulary={"name": vocab_name, "num_classes": vocabulary.num_rows})
+    if opts.jpeg_quality:
+        spec.jpeg_quality = opts.jpeg_quality
+    return create_store(opts.out, spec, vocabulary)
+
+
+def plan_jobs(writer: Any, specs: list[ClipSpec], opts: BuildOptions
+              ) -> tuple[list[ShardJob], int]:
+    """Jobs still to run, and how many clips are already committed (skipped)."""
+    committed = writer.committed_shards()
+    jobs, skipped = [], 0
+    for shard_id, clips in enumerate(shard_plan(specs, writer.spec.shard_size)):
+        job = ShardJob(opts.out, shard_id, clips, opts.source, opts.decode, opts.jpeg_encoder)
+        if shard_id in committed:
+            index = writer.shard_index(shard_id)
+            if index["clip_id"].to_pylist() != [c.clip_id for c in clips]:
+                raise StoreError(f"shard {shard_id} of {opts.out} holds other clips than this "
+                                 "manifest assigns to it; use a new --out or the same manifest")
+            failed = sum(s != "ok" for s in index["status"].to_pylist())
+            if not (opts.retry_failed and failed):
+                skipped += len(clips)
+                continue
+            job.retry_failed = True
+        jobs.append(job)
+    return jobs, skipped
+
+
+def build(specs: list[ClipSpec], rejects: list[Reject], vocabulary: pa.Table,
+          opts: BuildOptions, vocab_name: str = "custom") -> dict[str, Any]:
+    """Run the whole build; returns (and writes) the run report."""
+    t0 = time.time()
+    writer = open_or_create(opts, vocabulary, vocab_name)
+    jobs, skipped = plan_jobs(writer, specs, opts)
+    statuses: Counter = Counter()
+    nbytes, done_clips, shard_errors = 0, 0, []
+    bar = tqdm(total=len(specs), initial=skipped, unit="clip", disable=not opts.progress,
+               dynamic_ncols=True, desc="clips")
+    for job, result in run_engine(opts.engine, process_shard, jobs, opts.workers,
+                                  opts.max_retries, opts.address):
+        if isinstance(result, BaseException):
+            reason = f"shard task failed after retries: {type(result).__name__}: {result}"
+            shard_errors.append({"shard": job.shard_id, "error": reason[:500]})
+            if job.retry_failed:  # keep the committed shard as it is
+                index = writer.shard_index(job.shard_id)
+                result = {"statuses": Counter(index["status"].to_pylist()), "bytes": 0}
+            else:
+                result = failure_shard(job, reason[:500])
+        statuses.update(result["statuses"])
+        nbytes += result["bytes"]
+        done_clips += len(job.clips)
+        bar.update(len(job.clips))
+        fails = {k: v for k, v in statuses.items() if k != "ok"}
+        bar.set_postfix_str(" ".join(f"{k}={v}" for k, v in sorted(fails.items())) or "ok")
+    bar.close()
+    elapsed = time.time() - t0
+    report = {
+        "out": opts.out, "engine": opts.engine, "workers": opts.workers,
+        "manifest_clips": len(specs), "rejected_rows": len(rejects),
+        "rejects_by_reason": reject_counts(rejects),
+        "shards_total": -(-len(specs) // writer.spec.shard_size) if specs else 0,
+        "shards_run": len(jobs), "clips_skipped_committed": skipped,
+        "clips_processed": done_clips, "status_counts_this_run": dict(sorted(statuses.items())),
+        "shard_task_failures": shard_errors, "bytes_written": nbytes,
+        "elapsed_s": round(elapsed, 3),
+        "clips_per_s": round(done_clips / elapsed, 3) if elapsed > 0 else 0.0,
+        "retry_failed": opts.retry_failed,
+    }
+    report["status_counts_store"] = store_status_counts(opts.out)
+    write_report(report, rejects, opts)
+    return report
+
+
+def store_status_counts(path: str) -> dict[str, int]:
+    index = open_store(path).index()
+    return dict(sorted(Counter(index["status"].to_pylist()).items()))
+
+
+def write_report(report: dict[str, Any], rejects: list[Reject], opts: BuildOptions) -> None:
+    folder = opts.report_dir
+    if folder is None and "://" not in opts.out:
+        folder = os.path.join(opts.out, "reports")
+    if folder is None:
+        return
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    rej = Path(folder) / f"rejects-{stamp}.csv"
+    write_rejects(rejects, rej)
+    report["rejects_report"] = str(rej)
+    path = Path(folder) / f"run-{stamp}.json"
+    report["report"] = str(path)
+    path.write_text(json.dumps(report, indent=1))
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    lines = [
+        f"store            {report['out']}",
+        f"manifest         {report['manifest_clips']} clips, {report['rejected_rows']} rows "
+        f"rejected" + (f" {report['rejects_by_reason']}" if report["rejects_by_reason"] else ""),
+        f"this run         {report['clips_processed']} clips in {report['shards_run']} shards "
+        f"({report['clips_skipped_committed']} already committed), "
+        f"{report['clips_per_s']} clips/s, {report['bytes_written'] / 1e6:.1f} MB written",
+        f"statuses (run)   {report['status_counts_this_run']}",
+        f"statuses (store) {report['status_counts_store']}",
+    ]
+    if report["shard_task_failures"]:
+        lines.append(f"shard failures   {len(report['shard_task_failures'])}")
+    if report.get("report"):
+        lines.append(f"report           {report['report']}")
+        lines.append(f"rejects          {report['rejects_report']}")
+    return "\n".join(lines)

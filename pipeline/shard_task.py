@@ -1,0 +1,145 @@
+"""The unit of work: fetch, decode and featurize every clip of one shard, then commit it.
+
+``process_shard`` runs on an engine worker (Ray task, Dask task, or a local process). It
+never raises for a bad clip: each clip becomes one ClipRecord, ok or failed with a reason.
+With ``retry_failed`` it re-processes only the failed clips of a committed shard and copies
+the ok clips' stored features, then rewrites the shard whole (the store commits atomically).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.decode import DecodeOptions, decode_clip
+from pipeline.features import failed_record, record_from_decoded
+from pipeline.manifest import ClipSpec
+from pipeline.probe import MediaError
+from pipeline.sources import FetchError, SourceConfig, fetch
+from store import ClipRecord, StoreSpec, open_store, open_writer
+
+# Test hook: "<marker path>[:N]" -> a task that finds a missing marker creates it and
+# SIGKILLs its own process half-way through its shard (a worker dying mid-shard).
+CRASH_ENV = "MAVIL_PIPELINE_CRASH_ONCE"
+# Test hook: seconds to sleep after each shard commit (lets a test kill the driver
+# between commits deterministically).
+DELAY_ENV = "MAVIL_PIPELINE_SHARD_DELAY"
+
+
+@dataclass
+class ShardJob:
+    store: str
+    shard_id: int
+    clips: list[ClipSpec]
+    source: SourceConfig = field(default_factory=SourceConfig)
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    jpeg_encoder: str = "pil"
+    retry_failed: bool = False
+
+
+def _maybe_crash(done: int, total: int) -> None:
+    """``<marker>`` crashes once; ``<marker>:N`` crashes N times (markers .0 .. .N-1)."""
+    value = os.environ.get(CRASH_ENV)
+    if not value or done < total // 2:
+        return
+    marker, _, times = value.partition(":")
+    names = [marker] if not times else [f"{marker}.{i}" for i in range(int(times))]
+    for name in names:
+        try:
+            fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def decode_options(spec: StoreSpec, base: DecodeOptions) -> DecodeOptions:
+    """The store spec decides rates and sizes; ``base`` only how ffmpeg is run."""
+    return DecodeOptions(sample_rate=spec.sample_rate, frame_rate=spec.frame_rate,
+                         longer_side=spec.resize_longer_side, max_frames=spec.num_frames,
+                         video_output=base.video_output, mjpeg_qscale=base.mjpeg_qscale,
+                         ffmpeg=base.ffmpeg, threads=base.threads, timeout=base.timeout)
+
+
+def process_clip(clip: ClipSpec, spec: StoreSpec, job: ShardJob, opts: DecodeOptions
+                 ) -> ClipRecord:
+    """One clip -> one ClipRecord (never raises for bad input)."""
+    try:
+        fetched = fetch(clip, job.source)
+    except FetchError as err:
+        return failed_record(clip, err.status, err.reason)
+    try:
+        start = 0.0 if fetched.precut else clip.start
+        decoded = decode_clip(fetched.path, start, start + (clip.end - clip.start), opts)
+        return record_from_decoded(clip, fetched.uri, decoded, spec, job.jpeg_encoder)
+    except MediaError as err:
+        return failed_record(clip, err.status, err.reason, fetched.uri)
+    except Exception as err:  # one clip's unexpected failure must not lose the shard
+        return failed_record(clip, "error", f"{type(err).__name__}: {err}", fetched.uri)
+    finally:
+        fetched.cleanup()
+
+
+def _copied_ok_records(store_path: str, shard_id: int, index: Any) -> dict[str, ClipRecord]:
+    """The committed ok clips of a shard, as ClipRecords carrying their stored features."""
+    rows = [r for r in index.to_pylist() if r["status"] == "ok"]
+    if not rows:
+        return {}
+    clips = open_store(store_path).read_shard(shard_id, [r["row"] for r in rows])
+    out = {}
+    for r, c in zip(rows, clips, strict=True):
+        out[r["clip_id"]] = ClipRecord(
+            clip_id=r["clip_id"], source_id=r["source_id"], start=r["start"], end=r["end"],
+            uri=r["uri"], split=r["split"], labels=list(r["labels"]),
+            fbank=c.fbank.numpy(), audio_frames=c.audio_frames, frames=list(c.frames),
+            height=c.height, width=c.width, duration=c.duration, has_audio=c.has_audio,
+            has_video=c.has_video,
+            waveform=None if c.waveform is None else c.waveform.numpy())
+    return out
+
+
+def process_shard(job: ShardJob) -> dict[str, Any]:
+    """Process and commit one shard; returns the writer's summary plus status counts."""
+    import torch
+
+    torch.set_num_threads(1)
+    t0, ru0 = time.perf_counter(), _cpu()
+    writer = open_writer(job.store)
+    spec = writer.spec
+    opts = decode_options(spec, job.decode)
+    keep: dict[str, ClipRecord] = {}
+    if job.retry_failed and job.shard_id in writer.committed_shards():
+        keep = _copied_ok_records(job.store, job.shard_id, writer.shard_index(job.shard_id))
+    records = []
+    for i, clip in enumerate(job.clips):
+        _maybe_crash(i, len(job.clips))
+        records.append(keep.get(clip.clip_id) or process_clip(clip, spec, job, opts))
+    summary = writer.write_shard(job.shard_id, records)
+    if os.environ.get(DELAY_ENV):
+        time.sleep(float(os.environ[DELAY_ENV]))
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    summary.update(statuses=counts, reprocessed=len(records) - len(keep),
+                   wall_s=time.perf_counter() - t0, cpu_s=_cpu() - ru0)
+    return summary
+
+
+def failure_shard(job: ShardJob, reason: str) -> dict[str, Any]:
+    """Commit a shard whose task could not finish: every clip gets status ``error``."""
+    writer = open_writer(job.store)
+    records = [failed_record(c, "error", reason) for c in job.clips]
+    summary = writer.write_shard(job.shard_id, records)
+    summary.update(statuses={"error": len(records)}, reprocessed=len(records), wall_s=0.0,
+                   cpu_s=0.0)
+    return summary
+
+
+def _cpu() -> float:
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime

@@ -1,0 +1,251 @@
+"""Where a clip's media comes from: a local media root, http(s), fsspec URLs, or YouTube.
+
+Every failure is a FetchError with an index status (not_found, timeout, too_large,
+download_error) and a reason; nothing here raises anything else for a bad clip. Clip ids
+never become paths outside the download dir: names are checked by ``safe_clip_id`` and the
+temporary file is created with ``mkstemp`` inside ``download_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pipeline.manifest import ClipSpec, format_seconds, safe_clip_id
+
+ALLOWED_SCHEMES = ("http", "https", "file", "s3", "gs", "gcs", "az", "abfs", "hf")
+# Local media-root names tried in order; those with {start} are pre-cut segments.
+# "Y{ytid}_{start3}_{end3}" is the naming of the common AudioSet download scripts.
+DEFAULT_PATTERNS = ("{clip_id}", "{ytid}_{start}", "{ytid}_{start3}", "{ytid}_{start_ms}",
+                    "{ytid}_{start06}", "Y{ytid}_{start3}_{end3}", "{ytid}")
+_CHUNK = 1 << 16
+
+
+class FetchError(Exception):
+    def __init__(self, status: str, reason: str):
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class SourceConfig:
+    media_root: str | None = None
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS
+    url_template: str | None = None          # e.g. https://host/{ytid}_{start}.mp4
+    youtube: bool = False
+    youtube_url_template: str = "https://www.youtube.com/watch?v={ytid}"
+    download_dir: str | None = None
+    timeout: float = 30.0                    # seconds per connect / read
+    max_bytes: int = 512 * 1024 * 1024
+    retries: int = 3
+    backoff: float = 0.5                     # seconds, doubled per retry
+    allowed_schemes: tuple[str, ...] = ALLOWED_SCHEMES
+    ffmpeg: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Fetched:
+    path: str          # local file to decode
+    uri: str           # what was actually read (for the index)
+    precut: bool       # the file already starts at the clip's start
+    temporary: bool    # delete after decoding
+    folder: str | None = None  # a per-clip temporary folder to remove with it
+
+    def cleanup(self) -> None:
+        if self.temporary:
+            try:
+                os.unlink(self.path)
+                if self.folder:
+                    os.rmdir(self.folder)
+            except OSError:
+                pass
+
+
+def _names(spec: ClipSpec) -> dict[str, str]:
+    return {"clip_id": spec.clip_id, "ytid": spec.source_id, "source_id": spec.source_id,
+            "start": format_seconds(spec.start), "end": format_seconds(spec.end),
+            "start_ms": str(int(round(spec.start * 1000))),
+            "start06": f"{int(spec.start):06d}", "start3": f"{spec.start:.3f}",
+            "end3": f"{spec.end:.3f}"}
+
+
+@lru_cache(maxsize=4)
+def _stems(root: str, mtime_ns: int) -> dict[str, str]:
+    """Map file stem -> path for every file directly in ``root`` (any extension); cached
+    per folder modification time, so files added later are seen."""
+    out: dict[str, str] = {}
+    with os.scandir(root) as it:
+        for entry in sorted(it, key=lambda e: e.name):
+            if entry.is_file() and not entry.name.startswith("."):
+                out.setdefault(entry.name.rsplit(".", 1)[0], entry.path)
+    return out
+
+
+def find_local(spec: ClipSpec, cfg: SourceConfig) -> Fetched:
+    root = os.path.realpath(cfg.media_root or ".")
+    names = _names(spec)
+    try:
+        stems = _stems(root, os.stat(root).st_mtime_ns)
+    except OSError as err:
+        raise FetchError("not_found", f"media root {cfg.media_root} unreadable: {err}") from err
+    for pattern in cfg.patterns:
+        stem = pattern.format(**names)
+        path = stems.get(stem)
+        if path and os.path.realpath(path).startswith(root + os.sep):
+            return Fetched(path, Path(path).as_uri(), "{start" in pattern, False)
+    raise FetchError("not_found", f"no file for {spec.clip_id} in {cfg.media_root}")
+
+
+def _tempfile(cfg: SourceConfig, clip_id: str, suffix: str) -> str:
+    if not safe_clip_id(clip_id):
+        raise FetchError("download_error", f"unsafe clip id {clip_id!r}")
+    ddir = os.path.realpath(cfg.download_dir or tempfile.gettempdir())
+    os.makedirs(ddir, exist_ok=True)
+    suffix = suffix if suffix.replace(".", "").isalnum() and len(suffix) <= 8 else ".bin"
+    fd, path = tempfile.mkstemp(prefix=clip_id + ".", suffix=suffix, dir=ddir)
+    os.close(fd)
+    if os.path.dirname(os.path.realpath(path)) != ddir:
+        os.unlink(path)
+        raise FetchError("download_error", "download path escapes the download dir")
+    return path
+
+
+def _with_retries(fn, cfg: SourceConfig):
+    """Call ``fn``; retry FetchErrors marked retryable with exponential backoff."""
+    delay = cfg.backoff
+    for attempt in range(cfg.retries + 1):
+        try:
+            return fn()
+        except _Retryable as err:
+            if attempt == cfg.retries:
+                raise FetchError(err.status, f"{err.reason} (after {attempt + 1} tries)") from err
+            time.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+class _Retryable(FetchError):
+    pass
+
+
+def fetch_http(url: str, dest: str, cfg: SourceConfig) -> None:
+    import requests
+
+    def once() -> None:
+        try:
+            with requests.get(url, stream=True, timeout=(cfg.timeout, cfg.timeout),
+                              allow_redirects=True) as resp:
+                if resp.status_code in (404, 410):
+                    raise FetchError("not_found", f"HTTP {resp.status_code} for {url}")
+                if resp.status_code == 429 or resp.status_code >= 500:
+                    raise _Retryable("download_error", f"HTTP {resp.status_code} for {url}")
+                if resp.status_code >= 400:
+                    raise FetchError("download_error", f"HTTP {resp.status_code} for {url}")
+                length = resp.headers.get("Content-Length")
+                if length and length.isdigit() and int(length) > cfg.max_bytes:
+                    raise FetchError("too_large", f"{length} bytes > limit {cfg.max_bytes}")
+                deadline = time.monotonic() + cfg.timeout * 10
+                total = 0
+                with open(dest, "wb") as f:
+                    for chunk in resp.iter_content(_CHUNK):
+                        total += len(chunk)
+                        if total > cfg.max_bytes:
+                            raise FetchError("too_large", f"body over limit {cfg.max_bytes}")
+                        if time.monotonic() > deadline:
+                            raise _Retryable("timeout", "download too slow")
+                        f.write(chunk)
+        except requests.Timeout as err:
+            raise _Retryable("timeout", f"no response within {cfg.timeout:g} s") from err
+        except requests.ConnectionError as err:
+            if "timed out" in str(err).lower():
+                raise _Retryable("timeout", f"no response within {cfg.timeout:g} s") from err
+            raise _Retryable("download_error", f"connection failed: {err}") from err
+        except requests.RequestException as err:
+            raise FetchError("download_error", str(err)) from err
+
+    _with_retries(once, cfg)
+
+
+def fetch_fsspec(url: str, dest: str, cfg: SourceConfig) -> None:
+    import fsspec
+
+    def once() -> None:
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+            size = fs.size(path)
+            if size is not None and size > cfg.max_bytes:
+                raise FetchError("too_large", f"{size} bytes > limit {cfg.max_bytes}")
+            deadline = time.monotonic() + cfg.timeout * 10
+            total = 0
+            with fs.open(path, "rb") as src, open(dest, "wb") as out:
+                while chunk := src.read(_CHUNK):
+                    total += len(chunk)
+                    if total > cfg.max_bytes:
+                        raise FetchError("too_large", f"body over limit {cfg.max_bytes}")
+                    if time.monotonic() > deadline:
+                        raise _Retryable("timeout", "download too slow")
+                    out.write(chunk)
+        except FileNotFoundError as err:
+            raise FetchError("not_found", f"{url} does not exist") from err
+        except (TimeoutError, ConnectionError) as err:
+            raise _Retryable("timeout" if isinstance(err, TimeoutError) else "download_error",
+                             str(err)) from err
+        except (OSError, ValueError, ImportError) as err:
+            raise FetchError("download_error", f"{type(err).__name__}: {err}") from err
+
+    _with_retries(once, cfg)
+
+
+def check_scheme(url: str, cfg: SourceConfig) -> str:
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in cfg.allowed_schemes:
+        raise FetchError("download_error", f"URL scheme {scheme!r} not allowed")
+    return scheme
+
+
+def download(url: str, spec: ClipSpec, cfg: SourceConfig) -> Fetched:
+    scheme = check_scheme(url, cfg)
+    if scheme == "file":
+        path = urlsplit(url).path
+        if not os.path.isfile(path):
+            raise FetchError("not_found", f"{path} does not exist")
+        return Fetched(path, url, False, False)
+    suffix = os.path.splitext(urlsplit(url).path)[1][:8] or ".bin"
+    dest = _tempfile(cfg, spec.clip_id, suffix)
+    try:
+        (fetch_http if scheme in ("http", "https") else fetch_fsspec)(url, dest, cfg)
+    except BaseException:
+        os.unlink(dest)
+        raise
+    return Fetched(dest, url, False, True)
+
+
+def fetch(spec: ClipSpec, cfg: SourceConfig) -> Fetched:
+    """Resolve and, if needed, download ``spec``'s media. Raises FetchError only."""
+    uri = spec.uri
+    if uri.startswith("youtube:"):
+        if cfg.media_root:
+            return find_local(spec, cfg)
+        if cfg.url_template:
+            url = cfg.url_template.format(**_names(spec))
+            fetched = download(url, spec, cfg)
+            fetched.precut = "{start" in cfg.url_template
+            return fetched
+        if cfg.youtube:
+            from pipeline.youtube import fetch_youtube
+
+            return fetch_youtube(spec, cfg)
+        raise FetchError("download_error", "no source configured for youtube ids "
+                         "(use --media-root, --url-template or --source youtube)")
+    if "://" in uri:
+        return download(uri, spec, cfg)
+    if not os.path.isfile(uri):
+        raise FetchError("not_found", f"{uri} does not exist")
+    return Fetched(uri, Path(os.path.abspath(uri)).as_uri(), False, False)

@@ -1,0 +1,179 @@
+"""Downloads against a real HTTP server on 127.0.0.1: ok, 404, stalled (timeout),
+oversized (with and without Content-Length), not media, a flaky 500 that a retry fixes,
+a disallowed scheme, and yt-dlp's generic extractor downloading only the segment."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pipeline.manifest import ClipSpec
+from pipeline.probe import probe
+from pipeline.shard_task import ShardJob, process_shard
+from pipeline.sources import FetchError, SourceConfig, fetch
+from store import StoreSpec, create_store, open_store
+
+STALL_S = 3.0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    media: bytes = b""
+    hits: dict[str, int] = {}
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, body: bytes, ctype: str = "video/mp4", length: bool = True) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        if length:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_HEAD(self) -> None:  # yt-dlp's generic extractor may probe with HEAD
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        self.hits[path] = self.hits.get(path, 0) + 1
+        if path.startswith("/media/"):
+            self._send(self.media)
+        elif path == "/stall.mp4":
+            time.sleep(STALL_S)
+            self._send(self.media)
+        elif path == "/big.mp4":
+            self.send_response(200)
+            self.send_header("Content-Length", str(50 * 1024 * 1024))
+            self.end_headers()
+        elif path == "/big_nolength.mp4":
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(64):
+                self.wfile.write(b"\0" * 65536)
+        elif path == "/notmedia.mp4":
+            self._send(b"<html><body>not a video</body></html>\n" * 50, "text/html")
+        elif path == "/flaky.mp4" and self.hits[path] == 1:
+            self.send_error(500)
+        elif path == "/flaky.mp4":
+            self._send(self.media)
+        else:
+            self.send_error(404)
+
+
+@pytest.fixture(scope="module")
+def server(media_dir: Path):
+    _Handler.media = (media_dir / "earth.mp4").read_bytes()
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def _cfg(tmp_path: Path, **kw) -> SourceConfig:
+    base = dict(download_dir=str(tmp_path / "dl"), timeout=0.5, retries=1, backoff=0.05,
+                max_bytes=2 * 1024 * 1024)
+    base.update(kw)
+    return SourceConfig(**base)
+
+
+def test_http_outcomes_become_index_rows(server: str, tmp_path: Path) -> None:
+    names = ["ok", "missing", "stall", "big", "big_nolength", "notmedia", "flaky", "ftp"]
+    urls = {n: f"{server}/{n}.mp4" for n in names}
+    urls["ok"] = f"{server}/media/earth.mp4"
+    urls["ftp"] = "ftp://127.0.0.1/x.mp4"
+    clips = [ClipSpec(n, n, 0.0, 4.0, urls[n], [0], "train") for n in names]
+    root = tmp_path / "store"
+    create_store(str(root), StoreSpec(), None)
+    t0 = time.time()
+    process_shard(ShardJob(str(root), 0, clips, _cfg(tmp_path)))
+    assert time.time() - t0 < 4 * STALL_S  # the stall was cut by the timeout
+    rows = {r["clip_id"]: r for r in open_store(str(root)).index().to_pylist()}
+    assert {n: rows[n]["status"] for n in names} == {
+        "ok": "ok", "missing": "not_found", "stall": "timeout", "big": "too_large",
+        "big_nolength": "too_large", "notmedia": "bad_media", "flaky": "ok",
+        "ftp": "download_error"}
+    assert rows["ok"]["video_frames"] == 8 and rows["ok"]["has_audio"]
+    assert "after 2 tries" in rows["stall"]["error"]
+    assert "not allowed" in rows["ftp"]["error"]
+    assert _Handler.hits["/flaky.mp4"] == 2
+    assert list((tmp_path / "dl").iterdir()) == []  # temporary downloads removed
+
+
+def test_unsafe_clip_id_never_becomes_a_path(server: str, tmp_path: Path) -> None:
+    spec = ClipSpec("../../escape", "x", 0, 4, f"{server}/media/earth.mp4", [0])
+    with pytest.raises(FetchError) as err:
+        fetch(spec, _cfg(tmp_path))
+    assert err.value.status == "download_error"
+    assert not (tmp_path / "escape").exists() and not (tmp_path.parent / "escape").exists()
+
+
+def test_youtube_source_downloads_only_the_segment(server: str, tmp_path: Path) -> None:
+    pytest.importorskip("yt_dlp")
+    cfg = _cfg(tmp_path, youtube=True, timeout=10.0,
+               youtube_url_template=server + "/media/{ytid}.mp4")
+    spec = ClipSpec("abcdefghijk_12", "abcdefghijk", 12.0, 16.0, "youtube:abcdefghijk", [0])
+    got = fetch(spec, cfg)
+    try:
+        assert got.precut and got.temporary
+        info = probe(got.path)
+        assert info.has_audio and info.has_video
+        assert 3.5 < info.duration < 6.0  # the 4-s range, not the 30.5-s file
+    finally:
+        got.cleanup()
+    assert list((tmp_path / "dl").iterdir()) == []
+    missing = ClipSpec("abcdefghijx_0", "abcdefghijx", 0, 4, "youtube:abcdefghijx", [0])
+    cfg404 = _cfg(tmp_path, youtube=True, youtube_url_template=server + "/nope/{ytid}.mp4")
+    with pytest.raises(FetchError) as err:
+        fetch(missing, cfg404)
+    assert err.value.status == "not_found"
+
+
+def test_fsspec_urls_with_limits(media_dir: Path, tmp_path: Path) -> None:
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/clips/earth.mp4", (media_dir / "earth.mp4").read_bytes())
+    cfg = _cfg(tmp_path, allowed_schemes=("memory",), max_bytes=4 * 1024 * 1024)
+    ok = fetch(ClipSpec("m1", "m1", 0, 4, "memory://clips/earth.mp4", [0]), cfg)
+    try:
+        assert Path(ok.path).read_bytes() == (media_dir / "earth.mp4").read_bytes()
+    finally:
+        ok.cleanup()
+    small = _cfg(tmp_path, allowed_schemes=("memory",), max_bytes=1000)
+    for uri, status in [("memory://clips/earth.mp4", "too_large"),
+                        ("memory://clips/nope.mp4", "not_found")]:
+        with pytest.raises(FetchError) as err:
+            fetch(ClipSpec("m2", "m2", 0, 4, uri, [0]), small)
+        assert err.value.status == status
+    with pytest.raises(FetchError) as err:  # not in the default allowed schemes
+        fetch(ClipSpec("m3", "m3", 0, 4, "memory://clips/earth.mp4", [0]), _cfg(tmp_path))
+    assert err.value.status == "download_error"
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_media_root_patterns_and_precut(tmp_path: Path) -> None:
+    from pipeline.sources import find_local
+
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in ("Yabcdefghijk_30.000_40.000.wav", "bcdefghijkl.mkv", "cdefghijklm_5.mp4"):
+        (root / name).write_bytes(b"x")
+    (tmp_path / "outside.mp4").write_bytes(b"x")
+    cfg = SourceConfig(media_root=str(root))
+    spec = lambda y, s: ClipSpec(f"{y}_{s}", y, s, s + 10, f"youtube:{y}", [0])  # noqa: E731
+    a = find_local(spec("abcdefghijk", 30.0), cfg)
+    b = find_local(spec("bcdefghijkl", 30.0), cfg)
+    c = find_local(spec("cdefghijklm", 5.0), cfg)
+    assert (Path(a.path).name, a.precut) == ("Yabcdefghijk_30.000_40.000.wav", True)
+    assert (Path(b.path).name, b.precut) == ("bcdefghijkl.mkv", False)
+    assert (Path(c.path).name, c.precut) == ("cdefghijklm_5.mp4", True)
+    with pytest.raises(FetchError) as err:
+        find_local(ClipSpec("x", "../outside", 0, 10, "youtube:../outside", [0]),
+                   SourceConfig(media_root=str(root), patterns=("{ytid}",)))
+    assert err.value.status == "not_found"
