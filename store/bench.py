@@ -25,6 +25,7 @@ import argparse
 import tempfile
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ class OfficialStyleSampler:
         return {"audio": audio, "video": torch.stack(frames)}
 
 
-def _timed(step, n: int) -> tuple[float, float]:
+def _timed(step: Callable[[int], Any], n: int) -> tuple[float, float]:
     """(wall s, process CPU s) for n calls of step(i)."""
     w0, c0 = time.perf_counter(), time.process_time()
     for i in range(n):
@@ -137,7 +138,7 @@ def run_bench(
     samples: int = 100,
     rounds: int = 3,
     threads: int = 1,
-    log=print,
+    log: Callable[[str], Any] = print,
     decode: str = "cpu",
 ) -> dict[str, float]:
     """Measure both loaders (interleaved rounds, best round each) and return the figures.

@@ -90,7 +90,7 @@ class _ClipSource:
         if table.num_rows == 0:
             raise ValueError(
                 f"no clips to load from {self.store.path} (split={split!r}, "
-                f"require={tuple(require)}); check `store info`"
+                f"require={tuple(require)}); check `pipeline info STORE`"
             )
         self.positions = table["index"].to_numpy().astype(np.int64)
         self.shards = table["shard"].to_numpy().astype(np.int64)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from store.backends.fs import atomic_write_bytes, join
-from store.errors import StoreError
+from store.errors import StoreError, rebuild_hint
 
 INDEX_DIR = "index"
 SHARDS_DIR = "shards"
@@ -59,7 +59,7 @@ def check_shard_file(name: str, where: str) -> str:
     (an edited index must never make the reader open a path outside the store)."""
     if not SHARD_FILE_RE.match(name):
         raise StoreError(f"{where}: shard_file {name!r} is not a shard data file name; the "
-                         "index part is corrupt or edited, re-run its shard")
+                         f"index part is corrupt or edited; {rebuild_hint(where)}")
     return name
 
 
@@ -83,18 +83,29 @@ def write_part(fs: Any, root: str, shard_id: int, table: pa.Table) -> str:
     return path
 
 
+def _read_parquet(fs: Any, path: str) -> pa.Table:
+    """A whole (small) Parquet file read into memory, then parsed on this thread: no Arrow
+    IO or CPU pool thread is left working at interpreter exit, where it can abort the
+    process (exit 134, "terminate called without an active exception", apache/arrow#34314;
+    store/info.py has the measurement). Index parts are small; read_index parallelises
+    over parts itself."""
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    return pq.read_table(pa.BufferReader(data), use_threads=False)
+
+
 def read_part(fs: Any, path: str) -> pa.Table:
     try:
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+        table = _read_parquet(fs, path)
     except FileNotFoundError as exc:
-        raise StoreError(f"index part {path} is missing; re-run its shard") from exc
+        raise StoreError(f"index part {path} is missing (removed while reading?); run the "
+                         "same `pipeline build...` command again to rebuild it") from exc
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise StoreError(f"index part {path} is unreadable ({exc}); delete it and re-run its "
-                         "shard (pipeline verify lists all such parts)") from exc
+        raise StoreError(f"index part {path} is unreadable ({exc}); {rebuild_hint(path)}; "
+                         "`pipeline verify` lists all such parts") from exc
     missing = [n for n in INDEX_SCHEMA.names if n not in table.column_names]
     if missing:
-        raise StoreError(f"index part {path} lacks columns {missing}; re-run its shard")
+        raise StoreError(f"index part {path} lacks columns {missing}; {rebuild_hint(path)}")
     return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
 
 
@@ -139,8 +150,7 @@ def read_vocabulary(fs: Any, root: str) -> pa.Table:
     if not fs.exists(path):
         return VOCAB_SCHEMA.empty_table()
     try:
-        with fs.open(path, "rb") as f:
-            return pq.read_table(f).select(VOCAB_SCHEMA.names).cast(VOCAB_SCHEMA)
+        return _read_parquet(fs, path).select(VOCAB_SCHEMA.names).cast(VOCAB_SCHEMA)
     except (pa.ArrowException, OSError, ValueError, KeyError) as exc:
         raise StoreError(f"{path} is unreadable ({exc}); re-create it from the label "
                          "csv") from exc

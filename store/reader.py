@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from store.backends import ShardReader, ShardRow, get_backend
 from store.backends.fs import join, resolve
-from store.errors import StoreError
+from store.errors import StoreError, rebuild_hint
 from store.index import check_shard_file, read_index, read_vocabulary
 from store.records import OK, Clip, clip_checksum
 from store.writer import read_spec
@@ -204,8 +204,9 @@ class Store:
             got = clip_checksum(data.fbank.astype("<f2").tobytes(), data.frames[:n], wav_bytes)
             if got != c["checksum"][i]:
                 raise StoreError(f"clip {c['clip_id'][i]!r} in {c['shard_file'][i]}: checksum "
-                                 "mismatch (corrupt shard); run `pipeline verify` and re-run "
-                                 f"shard {int(c['shard'][i])}")
+                                 "mismatch (corrupt shard; `pipeline verify` lists every bad "
+                                 "clip); "
+                                 f"{rebuild_hint(int(c['shard'][i]))}")
         wav = None
         if data.waveform is not None:
             wav = torch.from_numpy(np.ascontiguousarray(data.waveform[:samples]))

@@ -66,27 +66,11 @@ def decode_media(path: Path, quality: int = 90, fps: float = 2.0, longer: int = 
     """Decode with the ffmpeg binary (argument lists, never a shell string)."""
     from torchvision.io import decode_jpeg, encode_jpeg
 
-    exe = ffmpeg_exe()
-    audio = subprocess.run(
-        [
-            exe,
-            "-v",
-            "error",
-            "-nostdin",
-            "-i",
-            str(path),
-            "-vn",
-            "-ac",
-            "1",
-            "-ar",
-            "16000",
-            "-f",
-            "f32le",
-            "pipe:1",
-        ],
-        capture_output=True,
-        timeout=120,
-    )
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), *args]
+        return subprocess.run(cmd, capture_output=True, timeout=120)
+
+    audio = run("-vn", "-ac", "1", "-ar", "16000", "-f", "f32le", "pipe:1")
     wav = np.frombuffer(audio.stdout, dtype=np.float32).copy() if audio.returncode == 0 else None
     if wav is not None and wav.size == 0:
         wav = None
@@ -94,24 +78,7 @@ def decode_media(path: Path, quality: int = 90, fps: float = 2.0, longer: int = 
     height = width = 0
     with tempfile.TemporaryDirectory() as tmp:
         scale = f"scale='if(gte(iw,ih),{longer},-2)':'if(gte(iw,ih),-2,{longer})'"
-        video = subprocess.run(
-            [
-                exe,
-                "-v",
-                "error",
-                "-nostdin",
-                "-i",
-                str(path),
-                "-an",
-                "-vf",
-                f"fps={fps},{scale}",
-                "-q:v",
-                "2",
-                os.path.join(tmp, "%05d.jpg"),
-            ],
-            capture_output=True,
-            timeout=120,
-        )
+        video = run("-an", "-vf", f"fps={fps},{scale}", "-q:v", "2", os.path.join(tmp, "%05d.jpg"))
         names = sorted(os.listdir(tmp)) if video.returncode == 0 else []
         for name in names:
             raw = Path(tmp, name).read_bytes()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from torch.utils.data import Sampler
 
 LABEL_WEIGHT_NUMERATOR = 1000.0  # MAViL appendix: w_c = 1000 / (sum_i c_i + eps)
 LABEL_WEIGHT_EPS = 0.01
+AUDIOSET_2M_EPOCH_SAMPLES = 200_000  # Table 10: weighted sampling size for AS-2M
 
 
 def dist_rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -131,7 +133,7 @@ class WeightedSampler(Sampler[int]):
 
     @classmethod
     def balanced(
-        cls, labels: Sequence[Sequence[int]], num_classes: int, num_samples: int, **kw
+        cls, labels: Sequence[Sequence[int]], num_classes: int, num_samples: int, **kw: Any
     ) -> WeightedSampler:
         """The MAViL / AudioMAE balanced sampler over clips with these labels."""
         return cls(label_weights(labels, num_classes), num_samples, **kw)

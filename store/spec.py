@@ -17,6 +17,10 @@ from store.errors import StoreError
 SCHEMA_VERSION = 1
 STORE_JSON = "store.json"
 BACKENDS = ("zarr", "hdf5")
+# "none": raw float16 chunks (fastest reads). "lossless": byte-shuffle + a fast LZ codec that
+# the plain libraries decode (Zarr: blosc lz4hc; HDF5: built-in shuffle + lzf), ~0.6x the
+# bytes of real audio's fbank; FORMAT.md "Size" has the measured sizes and read costs.
+FBANK_COMPRESSIONS = ("none", "lossless")
 
 # 85 keeps a full 10-s clip (20 frames at 360 px + raw fbank) at ~0.56 MB on average over
 # the shared video media (q90: 0.63 MB); figures in store/FORMAT.md ("Size").
@@ -53,6 +57,7 @@ class StoreSpec:
     resize_longer_side: int = 360
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     store_waveform: bool = False
+    fbank_compression: str = "none"
     shard_size: int = 1000
     stats: dict[str, Any] = field(default_factory=dict)
     vocabulary: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +65,9 @@ class StoreSpec:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise StoreError(f"unknown store backend {self.backend!r}; use one of {BACKENDS}")
+        if self.fbank_compression not in FBANK_COMPRESSIONS:
+            raise StoreError(f"unknown fbank_compression {self.fbank_compression!r}; use one "
+                             f"of {FBANK_COMPRESSIONS}")
         full = default_fbank()
         full.update(self.fbank)
         self.fbank = full

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from store.backends import get_backend
 from store.backends.fs import join, remove, resolve
-from store.errors import StoreError
+from store.errors import StoreError, rebuild_hint
 from store.index import (
     INDEX_DIR,
     PART_RE,
@@ -154,7 +154,7 @@ def _check_clip(r: dict[str, Any], d: Any, ids: list[str], num_frames: Any, wher
     wav = b"" if d.waveform is None else d.waveform[: r["audio_samples"]].tobytes()
     if clip_checksum(d.fbank.astype("<f2").tobytes(), frames, wav) != r["checksum"]:
         report.problems.append(f"{where}: clip {cid!r} checksum mismatch (corrupt data); "
-                               "re-run the shard")
+                               f"{rebuild_hint(int(r['shard']))}")
     else:
         report.checked += 1
 

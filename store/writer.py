@@ -53,8 +53,8 @@ def read_spec(fs: Any, root: str) -> StoreSpec:
         with fs.open(path, "rb") as f:
             text = f.read()
     except FileNotFoundError as exc:
-        raise StoreError(f"{path} not found: not a feature store (create one with "
-                         "`pipeline run`)") from exc
+        raise StoreError(f"{path} not found: not a feature store (build one with `pipeline "
+                         "build-audioset`, `build-vggsound` or `build`)") from exc
     return StoreSpec.from_json(text, source=path)
 
 
@@ -190,7 +190,7 @@ class StoreWriter:
             sums[r.clip_id] = clip_checksum(fbank[i].tobytes(), frames[i, :num_frames[i]],
                                             wav_bytes)
         data = ShardData(shard_id, [r.clip_id for r in ok], fbank, frames, num_frames, wav,
-                         samples)
+                         samples, spec.fbank_compression)
         return data, rows, sums
 
     def _rows(self, records: list[ClipRecord], shard_id: int, shard_file: str,

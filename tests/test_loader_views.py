@@ -292,3 +292,30 @@ def test_random_gain_adds_twice_log_magnitude() -> None:
     assert torch.allclose(shift, shift[0, 0].expand_as(shift), atol=1e-5)
     m = math.exp(float(shift[0, 0]) / 2)  # log-mel power: waveform * m adds 2 ln m
     assert 0.5 <= m <= 1.5 and torch.equal(out[700:], x[700:])
+
+
+def test_flip_probability_is_one_half(zarr_store: str) -> None:  # noqa: F811
+    """MAViL appendix: random horizontal flip with p = 0.5, one flip for all 8 frames."""
+    from scipy.stats import binomtest
+
+    from store.views.render import render_frames
+
+    view = ClipView(train=True)
+    flips = [view.plan(20, 202, 360, g(seed)).flip for seed in range(400)]
+    assert binomtest(sum(flips), len(flips), 0.5).pvalue > 1e-3
+    assert binomtest(sum(flips), len(flips), 0.3).pvalue < 1e-6  # the check can fail
+    clip = open_store(zarr_store).get("earth_000_0000")
+    seed = flips.index(True)
+    plan = view.plan(len(clip.frames), clip.height, clip.width, g(seed))
+    assert plan.flip
+    unflipped = render_frames(clip.decode_frames()[plan.frames], plan.box, 224, False)
+    assert torch.allclose(view(clip, g(seed))["video"], unflipped[plan.order].flip(-1))
+
+
+def test_eval10_uses_the_same_full_audio_as_eval(zarr_store: str) -> None:  # noqa: F811
+    """Supplement B.3: the 10 video windows share the clip's whole 10-s audio, unaugmented."""
+    clip = open_store(zarr_store).get("earth_000_0000")
+    ten = make_view("mavil_eval10", mean=-4.0, std=3.0)(clip, g(1))["audio"]
+    one = make_view("mavil_eval", mean=-4.0, std=3.0)(clip, g(2))["audio"]
+    hand = (clip.fbank.float() + 4.0) / 3.0
+    assert torch.equal(ten, one) and torch.allclose(ten[0], hand)

@@ -99,9 +99,10 @@ def test_writer_killed_after_commit_keeps_the_new_shard(records_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_write_different_shards_concurrently(records_file, tmp_path):
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_two_processes_write_different_shards_concurrently(backend, records_file, tmp_path):
     store = tmp_path / "store"
-    create_store(str(store), StoreSpec(backend="hdf5"))
+    create_store(str(store), StoreSpec(backend=backend))
     procs = [_writer(store, records_file, shard, suffix=f"_{shard}") for shard in (10, 11)]
     for p in procs:
         assert p.wait(180) == 0, p.stderr.read().decode()

@@ -293,3 +293,49 @@ def test_vocabulary_round_trip(audioset_dir, tmp_path):
     assert store.vocabulary["display_name"].to_pylist() == vocab["display_name"].to_pylist()
     assert store.spec.vocabulary == {"name": "audioset", "num_classes": 527}
     assert len(store) == 0 and store.filter().num_rows == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lossless_fbank_compression(backend, records, tmp_path):
+    """fbank_compression="lossless": same bits back, fewer bytes, verify and both zarr
+    read paths agree (FORMAT.md "Size")."""
+    from store.verify import verify_store
+
+    sizes = {}
+    for codec in ("none", "lossless"):
+        path = tmp_path / codec
+        spec = StoreSpec(backend=backend, store_waveform=True, fbank_compression=codec)
+        sizes[codec] = create_store(str(path), spec).write_shard(0, records)["bytes"]
+    store = open_store(str(tmp_path / "lossless"))
+    engines = [store] + ([open_store(str(tmp_path / "lossless"), engine="zarr")]
+                         if backend == "zarr" else [])
+    for r in _ok(records):
+        want = np.zeros((1024, 128), np.float16) if r.fbank is None else r.fbank
+        for st in engines:
+            clip = st.get(r.clip_id)
+            assert np.array_equal(clip.fbank.numpy().view(np.uint16), want.view(np.uint16))
+            assert clip.frames == r.frames
+        clip.fbank[0, 0] = 1.0  # Clip.fbank owns writable memory
+    audio = sum(r.has_audio for r in _ok(records))
+    assert sizes["none"] - sizes["lossless"] > audio * 50_000  # > 50 kB less per real fbank
+    report = verify_store(str(tmp_path / "lossless"), progress=False)
+    assert report.ok and report.checked == len(_ok(records)), report.summary()
+    with pytest.raises(StoreError, match="fbank_compression"):
+        StoreSpec(fbank_compression="zip")
+
+
+def test_corrupt_compressed_fbank_chunk(records, tmp_path):
+    writer = create_store(str(tmp_path), StoreSpec(fbank_compression="lossless"))
+    writer.write_shard(2, records)
+    store = open_store(str(tmp_path))
+    row = next(x for x in store.index().to_pylist() if x["clip_id"] == "speech_0")
+    data = tmp_path / row["shard_file"] / "fbank" / "c" / "0" / "0" / "0"
+    raw = bytearray(data.read_bytes())
+    n = len(store.filter())
+    table = np.frombuffer(bytes(raw[-4 - 16 * n:-4]), dtype="<u8").reshape(n, 2)
+    offset = int(table[row["row"], 0])
+    raw[offset + 5] ^= 0x10  # the blosc header's uncompressed size
+    data.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match=r"does not decompress.*delete index/000002\.parquet"):
+        open_store(str(tmp_path)).get("speech_0")
+    assert open_store(str(tmp_path)).get("bunny").clip_id == "bunny"

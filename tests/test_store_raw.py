@@ -9,6 +9,7 @@ import json
 import duckdb
 import h5py
 import numpy as np
+import pandas as pd
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
@@ -23,11 +24,12 @@ def records(media_dir):
     return media_records(media_dir, StoreSpec(store_waveform=True))
 
 
-@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
-def test_read_store_without_our_code(backend, records, tmp_path, audioset_dir):
+@pytest.mark.parametrize("backend,compression", [("zarr", "none"), ("hdf5", "none"),
+                                                 ("zarr", "lossless"), ("hdf5", "lossless")])
+def test_read_store_without_our_code(backend, compression, records, tmp_path, audioset_dir):
     vocab = pa_csv.read_csv(audioset_dir / "class_labels_indices.csv")
-    writer = create_store(str(tmp_path), StoreSpec(backend=backend, store_waveform=True),
-                          vocab)
+    spec = StoreSpec(backend=backend, store_waveform=True, fbank_compression=compression)
+    writer = create_store(str(tmp_path), spec, vocab)
     writer.write_shard(0, records[:6])
     writer.write_shard(12, records[6:])
 
@@ -54,6 +56,13 @@ def test_read_store_without_our_code(backend, records, tmp_path, audioset_dir):
     failed = {r[0] for r in rows if r[1] != "ok"}
     assert failed == {"missing", "broken"}
 
+    frame = pd.read_parquet(tmp_path / "index")  # pandas reads the folder of parts
+    assert sorted(frame["clip_id"]) == sorted(r.clip_id for r in records)
+    assert frame.loc[frame["clip_id"] == "bunny", "labels"].iloc[0].tolist() == [0, 137]
+    if backend == "zarr":
+        bunny_shard = next(r[3] for r in rows if r[0] == "bunny")
+        _check_zarr_layout(tmp_path / bunny_shard, 6, compression)  # records[:6] are all ok
+
     want = {r.clip_id: r for r in records}
     for clip_id, status, _shard, shard_file, row, n_frames, n_samples, checksum in rows:
         if status != "ok":
@@ -71,6 +80,7 @@ def test_read_store_without_our_code(backend, records, tmp_path, audioset_dir):
             with h5py.File(path, "r") as f:
                 assert f["clip_id"][row].decode() == clip_id
                 fbank = f["fbank"][row]
+                assert f["fbank"].compression == ("lzf" if compression == "lossless" else None)
                 off = f["frame_offsets"][row]
                 frames = [f["frame_bytes"][off[j]:off[j + 1]].tobytes()
                           for j in range(n_frames)]
@@ -93,3 +103,29 @@ def test_read_store_without_our_code(backend, records, tmp_path, audioset_dir):
     labels = con.execute("SELECT count(*) FROM read_parquet(?) WHERE list_contains(labels, 137)",
                          [str(tmp_path / "index" / "*.parquet")]).fetchall()[0][0]
     assert labels == sum(137 in r.labels for r in records)
+
+
+def _check_zarr_layout(shard, n_clips: int, compression: str) -> None:
+    """FORMAT.md "Zarr backend": the sharding codec, one file per array, one clip per chunk."""
+    inner = {"fbank": [1, 1024, 128], "frames": [1, 20], "waveform": [1, 160000]}
+    for name, chunk in inner.items():
+        meta = json.loads((shard / name / "zarr.json").read_text())
+        assert meta["zarr_format"] == 3 and meta["shape"][0] == n_clips
+        assert meta["chunk_grid"]["configuration"]["chunk_shape"] == meta["shape"]
+        (codec,) = meta["codecs"]
+        assert codec["name"] == "sharding_indexed"
+        assert codec["configuration"]["chunk_shape"] == chunk
+        assert codec["configuration"]["index_location"] == "end"
+        inner_codecs = [c["name"] for c in codec["configuration"]["codecs"]]
+        if name == "frames":
+            assert inner_codecs == ["vlen-bytes"]
+        else:  # FORMAT.md: raw little-endian bytes, or blosc lz4hc + byte shuffle for fbank
+            lossless = name == "fbank" and compression == "lossless"
+            assert inner_codecs == (["bytes", "blosc"] if lossless else ["bytes"])
+        files = [f for f in (shard / name).rglob("*") if f.is_file() and f.name != "zarr.json"]
+        assert [f.relative_to(shard / name).as_posix() for f in files] == \
+            ["c/" + "/".join(["0"] * len(chunk))]
+        # the shard index: n (offset, nbytes) pairs + CRC32C, every clip's chunk present
+        raw = files[0].read_bytes()
+        table = np.frombuffer(raw[-4 - 16 * n_clips:-4], dtype="<u8").reshape(n_clips, 2)
+        assert (table[:, 0] < len(raw)).all() and (table[:, 1] > 0).all()

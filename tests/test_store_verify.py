@@ -66,16 +66,19 @@ def test_verify_detects_a_flipped_byte(clean_store, tmp_path, capsys):
     shutil.copytree(clean_store, store)
     backend = "zarr" if any(p.suffix == ".zarr" for p in (store / "shards").iterdir()) \
         else "hdf5"
-    row = next(r for r in open_store(str(store)).index().to_pylist()
-               if r["clip_id"] == "earth_10")
-    path, offset = _fbank_chunk_offset(store / row["shard_file"], backend, row["row"])
-    data = bytearray(path.read_bytes())
-    data[offset + 5000] ^= 0x40
-    path.write_bytes(bytes(data))
+    rows = {r["clip_id"]: r for r in open_store(str(store)).index().to_pylist()}
+    for victim in ("earth_10", "speech_10"):  # one clip in each shard
+        row = rows[victim]
+        path, offset = _fbank_chunk_offset(store / row["shard_file"], backend, row["row"])
+        data = bytearray(path.read_bytes())
+        data[offset + 5000] ^= 0x40
+        path.write_bytes(bytes(data))
     report = verify_store(str(store), progress=False)
-    assert not report.ok and len(report.problems) == 1, report.summary()
-    assert "'earth_10'" in report.problems[0] and "checksum mismatch" in report.problems[0]
-    assert row["shard_file"] in report.problems[0]
+    assert not report.ok and len(report.problems) == 2, report.summary()
+    for victim, problem in zip(("earth_10", "speech_10"), report.problems, strict=True):
+        assert f"'{victim}'" in problem and "checksum mismatch" in problem
+        assert rows[victim]["shard_file"] in problem
+        assert f"delete index/{rows[victim]['shard']:06d}.parquet" in problem
     with pytest.raises(StoreError, match="'earth_10'.*checksum mismatch"):
         open_store(str(store), checksums=True).get("earth_10")
     assert open_store(str(store), checksums=True).get("earth_0").clip_id == "earth_0"
@@ -144,7 +147,36 @@ def test_info_counts_and_sizes(clean_store, records, capsys):
     assert _run_cli("info", str(clean_store)) == 0
     out = capsys.readouterr().out
     assert "7 ok, 2 failed" in out and "schema     v1" in out
+    assert "(none yet" in out  # no stats before `pipeline stats`
+    assert "128 mel x 1024 frames @ 16000 Hz (compression none)" in out
     assert _run_cli("info", str(clean_store / "nope")) == 2
+
+
+def test_info_text_is_readable(clean_store, records, tmp_path, capsys):
+    """Every split on its own line with its statuses, sizes in human units, stats rounded."""
+    from store import open_writer
+    from store.info import human_bytes
+
+    store = tmp_path / "store"
+    shutil.copytree(clean_store, store)
+    open_writer(str(store)).set_stats({"fbank_mean": -4.26812345678, "fbank_std": 4.5691234,
+                                       "n_clips": 7, "split": "train"})
+    assert _run_cli("info", str(store)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for split in {r.split for r in records}:
+        mine = [r for r in records if r.split == split]
+        line = next(x for x in lines if x.split()[0] == split)
+        assert f"{len(mine)} clips:" in line
+        for status in {r.status for r in mine}:
+            assert f"{status} {sum(r.status == status for r in mine)}" in line
+    size = next(x for x in lines if x.startswith("size"))
+    per_clip = store_info(str(store))["bytes_per_clip"]
+    assert f"{human_bytes(per_clip)} per ok clip" in size and " MB" in size
+    stats = next(x for x in lines if x.startswith("stats"))
+    assert "fbank_mean=-4.268," in stats and "fbank_std=4.569," in stats
+    assert "n_clips=7" in stats and "split=train" in stats
+    assert [human_bytes(v) for v in (999, 1000, 562_144, 1.2e12, 3.4e15)] == \
+        ["999 B", "1 kB", "562 kB", "1.2 TB", "3400 TB"]
 
 
 def test_bytes_per_ten_second_clip_within_budget(records):
@@ -176,7 +208,27 @@ def test_damaged_shard_file_gives_store_error(clean_store, tmp_path):
         (shard / "fbank" / "zarr.json").write_text("{ not json")
     else:  # hdf5: truncated file
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
-    with pytest.raises(StoreError, match=row["shard_file"].split("/")[-1]):
+    with pytest.raises(StoreError, match=row["shard_file"].split("/")[-1]) as err:
         open_store(str(store)).get(row["clip_id"])
+    assert f"delete index/{row['shard']:06d}.parquet" in str(err.value)  # what to do
     report = verify_store(str(store), progress=False)
     assert not report.ok and row["shard_file"] in report.problems[0]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "index_bitrot"])
+def test_damaged_zarr_chunk_file_gives_store_error(damage, records, tmp_path):
+    """The direct zarr reader checks the shard index (size, CRC32C) before trusting it."""
+    store = tmp_path / "store"
+    create_store(str(store), StoreSpec()).write_shard(3, records)
+    shard = next((store / "shards").iterdir())
+    data = shard / "frames" / "c" / "0" / "0"
+    raw = bytearray(data.read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    else:
+        raw[-10] ^= 0x04  # inside the (offset, nbytes) table at the end of the file
+    data.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match=r"frames/c/0/0.*delete index/000003\.parquet"):
+        open_store(str(store)).get("bunny")
+    report = verify_store(str(store), progress=False)
+    assert not report.ok and "frames/c/0/0" in report.problems[0], report.summary()

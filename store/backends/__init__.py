@@ -26,6 +26,7 @@ class ShardData:
     num_frames: np.ndarray  # int16 [n]
     waveform: np.ndarray | None  # int16 [n, clip_samples] zero-padded, or None
     audio_samples: np.ndarray  # int32 [n]
+    fbank_compression: str = "none"  # StoreSpec.fbank_compression
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -55,6 +56,18 @@ class Backend(Protocol):
     def write(self, fs: Any, path: str, data: ShardData, hook: Hook) -> None: ...
 
     def open(self, fs: Any, path: str, spec: Any) -> ShardReader: ...
+
+
+def checked_rows(rows: Sequence[int], n: int, path: str) -> list[int]:
+    """``rows`` as ints, after checking each is a row of a shard with ``n`` clips."""
+    rows = [int(r) for r in rows]
+    bad = [r for r in rows if not 0 <= r < n]
+    if bad:
+        from store.errors import StoreError
+
+        raise StoreError(f"shard {path} has {n} rows; asked for {bad[:5]}; the index does "
+                         "not match the shard, run `pipeline verify STORE`")
+    return rows
 
 
 def get_backend(name: str) -> Backend:

@@ -7,7 +7,9 @@ object stores get them from single-object PUTs (an index part is one object).
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -35,22 +37,33 @@ def token() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def write_then_rename(path: str, write: Callable[[str], None]) -> None:
+    """Local: ``write(tmp)`` a file or a directory tree under a temp name next to ``path``,
+    then rename it into place, so a reader sees all of it or nothing (POSIX rename)."""
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{token()}-{name}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        elif os.path.exists(tmp):
+            os.unlink(tmp)
+    fsync_dir(parent)
+
+
 def atomic_write_bytes(fs: Any, path: str, data: bytes) -> None:
     """Make ``path`` hold ``data`` in one step: readers see the old or the new, never half."""
     if is_local(fs):
-        parent = os.path.dirname(path)
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".tmp-{token()}-{os.path.basename(path)}")
-        try:
+        def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        fsync_dir(parent)
+
+        write_then_rename(path, write)
     else:
         fs.pipe_file(path, data)
 

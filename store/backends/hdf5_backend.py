@@ -4,7 +4,7 @@ Datasets (store/FORMAT.md has the full description):
   clip_id       vlen str [n]
   num_frames    int16 [n]
   audio_samples int32 [n]
-  fbank         float16 [n, T, M], chunks [1, T, M], no filter
+  fbank         float16 [n, T, M], chunks [1, T, M], no filter (shuffle + lzf if lossless)
   frame_offsets int64 [n, F + 1]: slot j of clip i = frame_bytes[off[i, j]:off[i, j + 1]]
   frame_bytes   uint8 [total], contiguous: all JPEG files of the shard back to back
   waveform      int16 [n, S], chunks [1, S] (optional)
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from store.backends import Hook, ShardData, ShardRow
-from store.backends.fs import fsync_dir, is_local, token
-from store.errors import StoreError
+from store.backends import Hook, ShardData, ShardRow, checked_rows
+from store.backends.fs import is_local, write_then_rename
+from store.errors import StoreError, rebuild_hint
 
 
 class HDF5Backend:
@@ -30,16 +30,7 @@ class HDF5Backend:
     def write(self, fs: Any, path: str, data: ShardData, hook: Hook) -> None:
         """Write the whole file under a temp name; rename (or upload) when complete."""
         if is_local(fs):
-            parent, name = os.path.split(path)
-            os.makedirs(parent, exist_ok=True)
-            tmp = os.path.join(parent, f".tmp-{token()}-{name}")
-            try:
-                _write_file(tmp, data, hook)
-                os.rename(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            fsync_dir(parent)
+            write_then_rename(path, lambda tmp: _write_file(tmp, data, hook))
         else:
             with tempfile.TemporaryDirectory() as tmpdir:
                 local = os.path.join(tmpdir, "shard.h5")
@@ -61,8 +52,10 @@ def _write_file(path: str, data: ShardData, hook: Hook) -> None:
                          dtype=h5py.string_dtype("utf-8"))
         f.create_dataset("num_frames", data=data.num_frames.astype("<i2"))
         f.create_dataset("audio_samples", data=data.audio_samples.astype("<i4"))
+        lossless = {"compression": "lzf", "shuffle": True}  # HDF5 built-ins: plain h5py reads
         f.create_dataset("fbank", data=data.fbank, dtype="<f2",
-                         chunks=(1, *data.fbank.shape[1:]))
+                         chunks=(1, *data.fbank.shape[1:]),
+                         **(lossless if data.fbank_compression == "lossless" else {}))
         f.flush()
         hook("data")  # tests kill the writer here: half a shard is on disk
         lengths = np.array([[len(b) for b in row] for row in data.frames],
@@ -102,11 +95,10 @@ class HDF5ShardReader:
                 and self._fbank.chunks == (1, *self._fbank.shape[1:])
             self.n = int(self._fbank.shape[0])
         except FileNotFoundError as exc:
-            raise StoreError(f"shard file {path} is missing; run `pipeline verify` and "
-                             "re-run the shard") from exc
+            raise StoreError(f"shard file {path} is missing; {rebuild_hint(path)}") from exc
         except (OSError, KeyError, RuntimeError, ValueError) as exc:
             raise StoreError(f"shard file {path} is unreadable or incomplete ({exc}); "
-                             "re-run the shard") from exc
+                             f"{rebuild_hint(path)}") from exc
         self.has_waveform = self._waveform is not None
 
     @property
@@ -118,16 +110,12 @@ class HDF5ShardReader:
         return np.asarray(self._file["num_frames"][:], dtype=np.int64)
 
     def read(self, rows: Sequence[int]) -> list[ShardRow]:
-        rows = [int(r) for r in rows]
-        bad = [r for r in rows if not 0 <= r < self.n]
-        if bad:
-            raise StoreError(f"shard {self.path} has {self.n} rows; asked for {bad[:5]}; "
-                             "the index does not match the shard, run `pipeline verify`")
+        rows = checked_rows(rows, self.n, self.path)
         try:
             return [self._read_one(r) for r in rows]
         except (OSError, ValueError) as exc:
             raise StoreError(f"shard file {self.path}: read failed ({exc}); the file is "
-                             "corrupt, re-run the shard") from exc
+                             f"corrupt; {rebuild_hint(self.path)}") from exc
 
     def _read_one(self, r: int) -> ShardRow:
         shape = self._fbank.shape[1:]

@@ -48,13 +48,6 @@ def normalize_fbank(
     return (fbank - mean) / (std * std_scale)
 
 
-def denormalize_fbank(
-    x: torch.Tensor, mean: float, std: float, std_scale: float = 1.0
-) -> torch.Tensor:
-    """Inverse of :func:`normalize_fbank` (for plots and for reconstruction targets)."""
-    return x * (std * std_scale) + mean
-
-
 def random_roll(fbank: torch.Tensor, valid: int, g: torch.Generator) -> tuple[torch.Tensor, int]:
     """Table 10 "R": a random starting point, rolled cyclically over the ``valid`` real frames.
 

@@ -53,7 +53,8 @@ class SampleView:
         out["mix_lambda"] = float(lam)
         return out
 
-    def _audio(self, clip: Any, partner: Any | None, lam: float, g: torch.Generator):
+    def _audio(self, clip: Any, partner: Any | None, lam: float, g: torch.Generator
+               ) -> torch.Tensor:
         av = self.audio
         fb, valid = (av.raw(clip.fbank), int(clip.audio_frames)) if clip.has_audio else (None, 0)
         if partner is not None and partner.has_audio:

@@ -17,6 +17,7 @@ JPEG bytes and the plan to :func:`store.jpeg.finish_video_on_gpu`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -72,7 +73,7 @@ class VideoViewBase:
     def out_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
 
-    def __call__(self, clip, g: torch.Generator) -> dict:
+    def __call__(self, clip: Any, g: torch.Generator) -> dict:
         """``clip`` has ``frames`` (list of JPEG bytes), ``height``, ``width``, ``has_video``.
 
         Returns {"video": float32 tensor} (cpu) or {"jpeg": [...], "video_plan": {...}} (gpu).
