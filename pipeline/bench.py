@@ -84,7 +84,7 @@ def full_cpu(path: Path, spec: StoreSpec, variant: str, ffmpeg: str | None,
     t2 = cpu()
     jpegs = video_features(decoded, spec, variant)
     t3 = cpu()
-    record = assemble_record(clip, path.as_uri(), decoded, spec, audio, jpegs)
+    record = assemble_record(clip, path.resolve().as_uri(), decoded, spec, audio, jpegs)
     t4 = cpu()
     stages[STAGES[0]] += t1 - t0
     stages["fbank"] += t2 - t1

@@ -1,5 +1,6 @@
 """The ``pipeline`` command: build stores (AudioSet, VGGSound, any manifest), stats,
-benchmark, and the store's ``info`` / ``verify``."""
+benchmarks (``bench``: the pipeline's CPU cost; ``bench-loader``: the training loader,
+``store.bench``), and the store's ``info`` / ``verify``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
 
 from pipeline.decode import DecodeOptions
 from pipeline.engines import ENGINES
@@ -102,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ffmpeg")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("bench-loader", help="loader samples/s per worker (MAViL pre-training "
+                       "view) vs the official repos' way of reading (store.bench)")
+    p.add_argument("--store", help="store path or URL (default: build one from the media)")
+    p.add_argument("--media", type=Path, default=None, help="shared media dir")
+    p.add_argument("--samples", type=int, default=100, help="samples per round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 = one worker)")
+    p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu",
+                   help="gpu: time the loader side of the nvJPEG path (bytes + crop plan)")
+    p.set_defaults(func=cmd_bench_loader)
+
     try:
         from store import cli as store_cli
 
@@ -132,13 +147,12 @@ def _options(args: argparse.Namespace) -> BuildOptions:
                         jpeg_encoder=args.jpeg_encoder, source=source, decode=decode)
 
 
-def _finish(builder: ManifestBuilder, vocabulary, args: argparse.Namespace, name: str) -> int:
-    if args.media_root is None and args.url_template is None and not getattr(args, "source",
-                                                                             None):
-        if args.command != "build":
-            print("error: give --media-root, --url-template or --source youtube",
-                  file=sys.stderr)
-            return 2
+def _finish(builder: ManifestBuilder, vocabulary: pa.Table, args: argparse.Namespace,
+            name: str) -> int:
+    has_source = args.media_root or args.url_template or getattr(args, "source", None)
+    if args.command != "build" and not has_source:  # YouTube ids need a media source
+        print("error: give --media-root, --url-template or --source youtube", file=sys.stderr)
+        return 2
     builder.limit(args.limit)
     report = build(builder.specs, builder.rejects, vocabulary, _options(args), name)
     print(format_summary(report))
@@ -184,6 +198,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.bench import run_bench
 
     return run_bench(args)
+
+
+def cmd_bench_loader(args: argparse.Namespace) -> int:
+    from store.bench import run_bench
+
+    run_bench(args.store, args.media, max(1, args.samples), max(1, args.rounds),
+              max(1, args.threads), decode=args.decode)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

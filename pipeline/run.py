@@ -24,7 +24,7 @@ from pipeline.engines import run_engine
 from pipeline.manifest import ClipSpec, Reject, reject_counts, shard_plan, write_rejects
 from pipeline.shard_task import ShardJob, failure_shard, process_shard
 from pipeline.sources import SourceConfig
-from store import StoreError, StoreSpec, create_store, open_store, open_writer
+from store import StoreError, StoreSpec, StoreWriter, create_store, open_store, open_writer
 from store.backends.fs import resolve
 
 
@@ -47,7 +47,7 @@ class BuildOptions:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
 
 
-def open_or_create(opts: BuildOptions, vocabulary: pa.Table, vocab_name: str):
+def open_or_create(opts: BuildOptions, vocabulary: pa.Table, vocab_name: str) -> StoreWriter:
     """A writer for ``opts.out``: the existing store (resume) or a new one."""
     fs, root = resolve(opts.out)
     if fs.exists(f"{root}/store.json"):
@@ -65,7 +65,7 @@ def open_or_create(opts: BuildOptions, vocabulary: pa.Table, vocab_name: str):
     return create_store(opts.out, spec, vocabulary)
 
 
-def plan_jobs(writer: Any, specs: list[ClipSpec], opts: BuildOptions
+def plan_jobs(writer: StoreWriter, specs: list[ClipSpec], opts: BuildOptions
               ) -> tuple[list[ShardJob], int]:
     """Jobs still to run, and how many clips are already committed (skipped)."""
     committed = writer.committed_shards()
@@ -158,8 +158,9 @@ def format_summary(report: dict[str, Any]) -> str:
         f"manifest         {report['manifest_clips']} clips, {report['rejected_rows']} rows "
         f"rejected" + (f" {report['rejects_by_reason']}" if report["rejects_by_reason"] else ""),
         f"this run         {report['clips_processed']} clips in {report['shards_run']} shards "
-        f"({report['clips_skipped_committed']} already committed), "
-        f"{report['clips_per_s']} clips/s, {report['bytes_written'] / 1e6:.1f} MB written",
+        f"({report['clips_skipped_committed']} already committed) in "
+        f"{report['elapsed_s']:.1f} s, {report['clips_per_s']} clips/s, "
+        f"{report['bytes_written'] / 1e6:.1f} MB written",
         f"statuses (run)   {report['status_counts_this_run']}",
         f"statuses (store) {report['status_counts_store']}",
     ]

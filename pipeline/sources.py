@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -117,7 +118,7 @@ def _tempfile(cfg: SourceConfig, clip_id: str, suffix: str) -> str:
     return path
 
 
-def _with_retries(fn, cfg: SourceConfig):
+def _with_retries(fn: Callable[[], None], cfg: SourceConfig) -> None:
     """Call ``fn``; retry FetchErrors marked retryable with exponential backoff."""
     delay = cfg.backoff
     for attempt in range(cfg.retries + 1):
@@ -133,6 +134,21 @@ def _with_retries(fn, cfg: SourceConfig):
 
 class _Retryable(FetchError):
     pass
+
+
+def copy_bounded(chunks: Iterable[bytes], dest: str, cfg: SourceConfig) -> None:
+    """Write ``chunks`` to ``dest``: ``too_large`` past ``max_bytes``, a retryable
+    ``timeout`` when the whole body takes longer than 10x the per-read timeout."""
+    deadline = time.monotonic() + cfg.timeout * 10
+    total = 0
+    with open(dest, "wb") as out:
+        for chunk in chunks:
+            total += len(chunk)
+            if total > cfg.max_bytes:
+                raise FetchError("too_large", f"body over limit {cfg.max_bytes}")
+            if time.monotonic() > deadline:
+                raise _Retryable("timeout", "download too slow")
+            out.write(chunk)
 
 
 def fetch_http(url: str, dest: str, cfg: SourceConfig) -> None:
@@ -151,16 +167,7 @@ def fetch_http(url: str, dest: str, cfg: SourceConfig) -> None:
                 length = resp.headers.get("Content-Length")
                 if length and length.isdigit() and int(length) > cfg.max_bytes:
                     raise FetchError("too_large", f"{length} bytes > limit {cfg.max_bytes}")
-                deadline = time.monotonic() + cfg.timeout * 10
-                total = 0
-                with open(dest, "wb") as f:
-                    for chunk in resp.iter_content(_CHUNK):
-                        total += len(chunk)
-                        if total > cfg.max_bytes:
-                            raise FetchError("too_large", f"body over limit {cfg.max_bytes}")
-                        if time.monotonic() > deadline:
-                            raise _Retryable("timeout", "download too slow")
-                        f.write(chunk)
+                copy_bounded(resp.iter_content(_CHUNK), dest, cfg)
         except requests.Timeout as err:
             raise _Retryable("timeout", f"no response within {cfg.timeout:g} s") from err
         except requests.ConnectionError as err:
@@ -182,16 +189,8 @@ def fetch_fsspec(url: str, dest: str, cfg: SourceConfig) -> None:
             size = fs.size(path)
             if size is not None and size > cfg.max_bytes:
                 raise FetchError("too_large", f"{size} bytes > limit {cfg.max_bytes}")
-            deadline = time.monotonic() + cfg.timeout * 10
-            total = 0
-            with fs.open(path, "rb") as src, open(dest, "wb") as out:
-                while chunk := src.read(_CHUNK):
-                    total += len(chunk)
-                    if total > cfg.max_bytes:
-                        raise FetchError("too_large", f"body over limit {cfg.max_bytes}")
-                    if time.monotonic() > deadline:
-                        raise _Retryable("timeout", "download too slow")
-                    out.write(chunk)
+            with fs.open(path, "rb") as src:
+                copy_bounded(iter(lambda: src.read(_CHUNK), b""), dest, cfg)
         except FileNotFoundError as err:
             raise FetchError("not_found", f"{url} does not exist") from err
         except (TimeoutError, ConnectionError) as err:

@@ -30,19 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-# The reference parameters (AudioMAE / CAV-MAE / AST); StoreSpec.fbank carries them.
-DEFAULT_FBANK: dict[str, Any] = {
-    "num_mel_bins": 128,
-    "frame_length_ms": 25.0,
-    "frame_shift_ms": 10.0,
-    "window_type": "hanning",
-    "dither": 0.0,
-    "htk_compat": True,
-    "use_energy": False,
-    "target_frames": 1024,
-}
+from store.spec import default_fbank
 
-# Kaldi options that may appear in StoreSpec.fbank besides the ones named above.
+# Kaldi options StoreSpec.fbank may carry besides the ones kaldi_fbank passes by name.
 _PASSTHROUGH = ("remove_dc_offset", "preemphasis_coefficient", "round_to_power_of_two",
                 "low_freq", "high_freq", "vtln_low", "vtln_high", "vtln_warp", "snip_edges",
                 "raw_energy", "energy_floor", "min_duration", "use_log_fbank",
@@ -50,8 +40,9 @@ _PASSTHROUGH = ("remove_dc_offset", "preemphasis_coefficient", "round_to_power_o
 
 
 def fbank_params(spec: Any = None) -> dict[str, Any]:
-    """Resolve the fbank parameters from a StoreSpec, a plain dict, or the defaults."""
-    params = dict(DEFAULT_FBANK)
+    """Resolve the fbank parameters from a StoreSpec, a plain dict, or the defaults
+    (``store.spec.default_fbank``: the reference parameters, AudioMAE / CAV-MAE / AST)."""
+    params = default_fbank()
     source = getattr(spec, "fbank", spec)
     if isinstance(source, Mapping):
         params.update(source)
@@ -59,6 +50,7 @@ def fbank_params(spec: Any = None) -> dict[str, Any]:
 
 
 def sample_rate_of(spec: Any = None) -> int:
+    """The spec's sample rate (16 kHz by default)."""
     return int(getattr(spec, "sample_rate", 16000) or 16000)
 
 
@@ -123,5 +115,5 @@ def mel_channel_is_empty(channel: int, spec: Any = None) -> bool:
     return bool(bins[channel].abs().sum() == 0)
 
 
-__all__ = ["DEFAULT_FBANK", "compute_fbank", "fbank_params", "kaldi_fbank", "pad_or_cut",
+__all__ = ["compute_fbank", "fbank_params", "kaldi_fbank", "pad_or_cut",
            "mel_channel_is_empty"]

@@ -1,6 +1,7 @@
 """The `pipeline` command end to end: build-audioset on the real spreadsheet-mangled eval
 CSV with a local media root, the run report and rejects report, `stats` (checked against
-a direct numpy computation over the stored fbanks), and the store's info/verify."""
+a direct numpy computation over the stored fbanks), the store's info/verify, and
+`bench-loader` (store.bench) on a tiny setting."""
 
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pipeline_fixtures import SAMPLES, PipelineSetup, pipeline_setup  # noqa: F401
 
 from pipeline.cli import build_parser, main
 from store import open_store
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "pipeline" / "sample_media"
 
 
 @pytest.mark.slow
@@ -73,7 +72,7 @@ def test_cli_registers_all_commands() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) >= {"build-audioset", "build-vggsound", "build", "stats", "bench",
-                                "info", "verify"}
+                                "bench-loader", "info", "verify"}
     args = parser.parse_args(["build-audioset", "--segments", "a.csv", "--labels", "l.csv",
                               "--source", "youtube", "--out", "s"])
     assert args.engine == "ray" and args.format == "zarr" and args.source == "youtube"
@@ -108,3 +107,18 @@ def test_build_vggsound_with_media_root(tmp_path: Path) -> None:
     assert abs(ok["duration"] - 0.53) < 0.05  # earth.mp4 is 30.53 s long
     assert store.vocabulary["display_name"].to_pylist() == [
         "people marching", "waterfall burbling, stream"]
+
+
+def test_bench_loader_runs_store_bench(pipeline_setup: PipelineSetup,  # noqa: F811
+                                       media_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench-loader", "--store", pipeline_setup.ref_store, "--media",
+                 str(media_dir), "--samples", "2", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    rates = {}
+    for line in out.splitlines():
+        name, _, rest = line.strip().partition(":")
+        if name.strip() in ("store", "baseline") and "samples/s" in rest:
+            rates[name.strip()] = float(rest.split()[0])
+    assert rates.keys() == {"store", "baseline"} and min(rates.values()) > 0, out
+    ratio = float(out.split("ratio    :")[1].split("x")[0])
+    assert ratio == pytest.approx(rates["store"] / rates["baseline"], rel=0.02)

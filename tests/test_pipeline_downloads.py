@@ -134,6 +134,42 @@ def test_youtube_source_downloads_only_the_segment(server: str, tmp_path: Path) 
     assert err.value.status == "not_found"
 
 
+def test_url_template_downloads_per_clip(server: str, tmp_path: Path) -> None:
+    spec = ClipSpec("abcdefghijk_30", "abcdefghijk", 30.0, 40.0, "youtube:abcdefghijk", [0])
+    precut = fetch(spec, _cfg(tmp_path, url_template=server + "/media/{ytid}_{start}.mp4"))
+    whole = fetch(spec, _cfg(tmp_path, url_template=server + "/media/{ytid}.mp4"))
+    try:
+        assert precut.uri == f"{server}/media/abcdefghijk_30.mp4"
+        assert (precut.precut, whole.precut) == (True, False)  # a {start} URL is a segment
+        assert Path(precut.path).read_bytes() == Path(whole.path).read_bytes() == _Handler.media
+    finally:
+        precut.cleanup()
+        whole.cleanup()
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
+def test_youtube_format_is_at_most_360p() -> None:
+    """yt-dlp's own selector on a YouTube-like format list: best video <= 360p + best audio,
+    else (nothing that small) the smallest video. Formats come worst-first, as yt-dlp sorts
+    them before selecting."""
+    yt_dlp = pytest.importorskip("yt_dlp")
+    from pipeline.youtube import FORMAT
+
+    def formats(heights: list[int]) -> list[dict]:
+        video = [{"format_id": f"v{h}", "height": h, "width": h * 16 // 9, "vcodec": "avc1",
+                  "acodec": "none", "ext": "mp4", "url": f"https://x/v{h}", "tbr": h}
+                 for h in heights]
+        return video + [{"format_id": "a", "vcodec": "none", "acodec": "mp4a", "ext": "m4a",
+                         "url": "https://x/a", "tbr": 128}]
+
+    with yt_dlp.YoutubeDL({"quiet": True}) as ydl:
+        select = ydl.build_format_selector(FORMAT)
+        for heights, want in [([144, 240, 360, 480, 720, 1080], "v360+a"),
+                              ([480, 720, 1080], "v480+a")]:
+            got = list(select({"formats": formats(heights), "incomplete_formats": False}))
+            assert [g["format_id"] for g in got] == [want]
+
+
 def test_fsspec_urls_with_limits(media_dir: Path, tmp_path: Path) -> None:
     import fsspec
 

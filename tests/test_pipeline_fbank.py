@@ -52,6 +52,16 @@ def test_fbank_bit_exact_with_reference_call(speech: np.ndarray, seconds: float)
     assert not ours[n:].any()  # zero padding after the real frames
 
 
+def test_decoded_audio_has_the_scale_of_torchaudio_load(media_dir: Path) -> None:
+    """The papers' statistics assume torchaudio.load's scale: int16 PCM / 32768 in [-1, 1)."""
+    path = media_dir / "speech_two_speakers.wav"  # 16 kHz mono int16: no resampling
+    with wave.open(str(path)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    ours = decode_clip(str(path), 2.0, 7.0).audio
+    assert np.array_equal(ours, pcm[32000:112000].astype(np.float32) / 32768.0)
+
+
 def test_fbank_matches_kaldi_native_fbank_80_bins(speech: np.ndarray) -> None:
     knf = pytest.importorskip("kaldi_native_fbank")
     wav = speech[:160000]

@@ -135,8 +135,10 @@ def test_bad_inputs_end_with_specific_statuses(bad_corpus: dict[str, Path],
     assert {k: got[k]["status"] for k in expect} == expect
     for k, status in expect.items():
         assert (got[k]["error"] != "") == (status != "ok"), k
-    assert "empty" in got["empty"]["error"]
-    assert "Invalid data" in got["text"]["error"] or "moov" in got["truncated"]["error"]
+    reasons = {"empty": "empty file", "text": "Invalid data", "truncated": "Invalid data",
+               "header_only": "received no packets", "missing": "does not exist"}
+    for k, words in reasons.items():  # each failure names its cause
+        assert words in got[k]["error"], (k, got[k]["error"])
     short = got["short"]
     assert abs(short["duration"] - 0.5) < 0.06 and short["has_audio"] and short["has_video"]
     assert short["video_frames"] == 1
@@ -174,6 +176,33 @@ def test_jpeg_encoders_and_mjpeg_path_agree_in_size(media_dir: Path) -> None:
             .mean() < 3.0
     back = decode_jpeg(torch.frombuffer(bytearray(mj[0]), dtype=torch.uint8))
     assert (back.permute(1, 2, 0).float() - torch.from_numpy(rgb[0]).float()).abs().mean() < 4.0
+
+
+def test_ffmpeg_binary_choice(media_dir: Path, tmp_path: Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import imageio_ffmpeg
+
+    from pipeline.decode import DecodeOptions
+    from pipeline.ffmpeg_bin import ENV_VAR
+
+    bundled = imageio_ffmpeg.get_ffmpeg_exe()
+    mine = tmp_path / "my-ffmpeg"
+    mine.symlink_to(bundled)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    ffmpeg_exe.cache_clear()
+    try:
+        assert ffmpeg_exe() == bundled                      # default: imageio-ffmpeg's
+        assert ffmpeg_exe(str(mine)) == str(mine)           # --ffmpeg
+        monkeypatch.setenv(ENV_VAR, str(mine))
+        ffmpeg_exe.cache_clear()
+        assert ffmpeg_exe() == str(mine)                    # $MAVIL_FFMPEG
+        with pytest.raises(FileNotFoundError, match="nope"):
+            ffmpeg_exe(str(tmp_path / "nope"))
+        decoded = decode_clip(str(media_dir / "earth.mp4"), 0, 1,
+                              DecodeOptions(ffmpeg=str(mine)))
+        assert decoded.n_frames == 2 and len(decoded.audio) == 16000
+    finally:
+        ffmpeg_exe.cache_clear()
 
 
 def test_sample_media_is_small_and_documented() -> None:
