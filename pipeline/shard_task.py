@@ -90,7 +90,8 @@ def _copied_ok_records(store_path: str, shard_id: int, index: Any) -> dict[str, 
     rows = [r for r in index.to_pylist() if r["status"] == "ok"]
     if not rows:
         return {}
-    clips = open_store(store_path).read_shard(shard_id, [r["row"] for r in rows])
+    clips = open_store(store_path, shards=[shard_id]).read_shard(shard_id,
+                                                                 [r["row"] for r in rows])
     out = {}
     for r, c in zip(rows, clips, strict=True):
         out[r["clip_id"]] = ClipRecord(

@@ -31,11 +31,11 @@ class StatsJob:
 
 def shard_sums(job: StatsJob) -> dict[str, float]:
     """Sums of one shard: n/sum/sumsq over all frames and over real frames only."""
-    store = open_store(job.store)
+    store = open_store(job.store, shards=[job.shard_id])  # reads one index part
     index = store.index()
     rows = [r for r in index.select(["shard", "row", "status", "split", "audio_frames",
                                      "has_audio"]).to_pylist()
-            if r["shard"] == job.shard_id and r["status"] == "ok" and r["has_audio"]
+            if r["status"] == "ok" and r["has_audio"]
             and (job.split is None or r["split"] == job.split)]
     out = {"clips": 0, "n": 0, "s": 0.0, "ss": 0.0, "n_real": 0, "s_real": 0.0, "ss_real": 0.0}
     if not rows:

@@ -27,20 +27,23 @@ __all__ = ["Clip", "Store", "open_store"]
 
 
 def open_store(path: str, cache_size: int = 16, engine: str = "auto",
-               checksums: bool = False) -> Store:
+               checksums: bool = False, shards: Iterable[int] | None = None) -> Store:
     """Open a store for reading. ``engine`` (zarr backend only): "auto" reads shard files
     directly when their codecs allow it, "zarr" always goes through the zarr library.
     ``checksums``: re-check every clip read against the index (StoreError on mismatch;
-    ~0.5 ms per clip), instead of leaving that to `pipeline verify`."""
-    return Store(path, cache_size=cache_size, engine=engine, checksums=checksums)
+    ~0.5 ms per clip), instead of leaving that to `pipeline verify`. ``shards``: see only
+    these shards (reads only their index parts; what a per-shard task wants)."""
+    return Store(path, cache_size=cache_size, engine=engine, checksums=checksums,
+                 shards=shards)
 
 
 class Store:
     """A read-only view of the committed shards of a store."""
 
     def __init__(self, path: str, cache_size: int = 16, engine: str = "auto",
-                 checksums: bool = False) -> None:
+                 checksums: bool = False, shards: Iterable[int] | None = None) -> None:
         self.path = os.fspath(path)
+        self.shards = None if shards is None else sorted({int(s) for s in shards})
         self.checksums = checksums
         self.cache_size = max(1, int(cache_size))
         self.engine = engine
@@ -53,13 +56,13 @@ class Store:
     # -- pickling: no open handles travel ------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "cache_size": self.cache_size, "engine": self.engine,
-                "checksums": self.checksums, "spec": self.spec,
+                "checksums": self.checksums, "spec": self.spec, "shards": self.shards,
                 "vocabulary": self.vocabulary, "index": self._index}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path, self.cache_size = state["path"], state["cache_size"]
         self.engine, self.spec = state["engine"], state["spec"]
-        self.checksums = state["checksums"]
+        self.checksums, self.shards = state["checksums"], state["shards"]
         self.vocabulary, self._index = state["vocabulary"], state["index"]
         self.fs, self.root = resolve(self.path)
         self._reset_caches()
@@ -76,7 +79,7 @@ class Store:
     def index(self) -> pa.Table:
         """All committed index parts, one row per clip (failed clips included)."""
         if self._index is None:
-            self._index = read_index(self.fs, self.root)
+            self._index = read_index(self.fs, self.root, self.shards)
         return self._index
 
     def refresh(self) -> None:

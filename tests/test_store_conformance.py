@@ -9,7 +9,9 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
+import torch
 from store_fixtures import media_records
 
 from store import ClipRecord, StoreError, StoreSpec, create_store, open_store, open_writer
@@ -339,3 +341,26 @@ def test_corrupt_compressed_fbank_chunk(records, tmp_path):
     with pytest.raises(StoreError, match=r"does not decompress.*delete index/000002\.parquet"):
         open_store(str(tmp_path)).get("speech_0")
     assert open_store(str(tmp_path)).get("bunny").clip_id == "bunny"
+
+
+def test_store_restricted_to_shards_reads_only_their_index_parts(store_path, tmp_path):
+    """A per-shard task opens the store with ``shards=[k]``: it must not read (or be broken
+    by) the other parts, which at AudioSet scale are 2,000 files."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(store_path, copy)
+    (copy / "index" / "000000.parquet").write_bytes(b"not parquet")  # another shard's part
+    with pytest.raises(StoreError, match=r"000000\.parquet"):
+        open_store(str(copy)).index()
+    only7 = open_store(str(copy), shards=[7])
+    full = open_store(str(store_path))
+    expect = full.index().filter(pc.equal(full.index()["shard"], 7))
+    assert only7.index().to_pylist() == expect.to_pylist()
+    ok_rows = [r["row"] for r in expect.to_pylist() if r["status"] == "ok"]
+    got = only7.read_shard(7, ok_rows)
+    want = full.read_shard(7, ok_rows)
+    assert [c.clip_id for c in got] == [c.clip_id for c in want]
+    assert all(torch.equal(a.fbank, b.fbank) for a, b in zip(got, want, strict=True))
+    with pytest.raises(StoreError, match=r"000003\.parquet is missing"):
+        open_store(str(copy), shards=[3]).index()
