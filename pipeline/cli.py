@@ -208,10 +208,30 @@ def cmd_bench_loader(args: argparse.Namespace) -> int:
     return 0
 
 
+# Local paths the workers receive. Made absolute here: a Ray or Dask worker does not
+# share the driver's working directory (Ray runs tasks in its own working_dir copy).
+_PATH_ARGS = ("out", "store", "manifest", "media_root", "labels", "csv", "segments",
+              "report_dir", "download_dir", "media")
+
+
+def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """Local path arguments -> absolute paths; URLs (``scheme://``) are left alone."""
+    def fix(value: str) -> str:
+        return value if "://" in value else os.path.abspath(value)
+
+    for name in _PATH_ARGS:
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            setattr(args, name, fix(value))
+        elif isinstance(value, list):
+            setattr(args, name, [fix(v) if isinstance(v, str) else v for v in value])
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from store import StoreError
 
-    args = build_parser().parse_args(argv)
+    args = absolute_paths(build_parser().parse_args(argv))
     try:
         return int(args.func(args) or 0)
     except (OSError, ValueError, StoreError) as err:

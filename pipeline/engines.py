@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -78,6 +79,9 @@ def run_ray(task: Task, jobs: list, workers: int, max_retries: int,
         if address:
             ray.init(address=address, **kwargs)
         else:
+            # embedded cluster: workers use this interpreter as it is, instead of Ray's
+            # `uv run` hook re-creating the environment in a copy of the working dir
+            os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
             ray.init(num_cpus=workers, object_store_memory=100 * 1024 * 1024, **kwargs)
         started = True
     try:

@@ -122,3 +122,19 @@ def test_bench_loader_runs_store_bench(pipeline_setup: PipelineSetup,  # noqa: F
     assert rates.keys() == {"store", "baseline"} and min(rates.values()) > 0, out
     ratio = float(out.split("ratio    :")[1].split("x")[0])
     assert ratio == pytest.approx(rates["store"] / rates["baseline"], rel=0.02)
+
+
+def test_local_paths_reach_workers_absolute(tmp_path, monkeypatch) -> None:
+    """Ray runs tasks in its own working dir: relative paths must not leave the driver."""
+    from pipeline.cli import absolute_paths, build_parser
+
+    monkeypatch.chdir(tmp_path)
+    args = absolute_paths(build_parser().parse_args(
+        ["build-audioset", "--segments", "a.csv", "s3://bucket/b.csv", "--labels", "l.csv",
+         "--media-root", "media", "--out", "out/store"]))
+    assert args.out == str(tmp_path / "out" / "store")
+    assert args.media_root == str(tmp_path / "media")
+    assert args.labels == str(tmp_path / "l.csv")
+    assert args.segments == [str(tmp_path / "a.csv"), "s3://bucket/b.csv"]
+    url = absolute_paths(build_parser().parse_args(["info", "gs://bucket/store"]))
+    assert url.store == "gs://bucket/store"
