@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="CPU s/clip: full path vs ffmpeg decode-only floor")
     p.add_argument("--media", nargs="*", default=[], help="extra media files or folders")
     p.add_argument("--repeat", type=int, default=2, help="passes over the media")
-    p.add_argument("--scaling-clips", type=int, default=8, help="clips for 1 vs 2 workers")
+    p.add_argument("--scaling-clips", type=int, default=24, help="clips for 1 vs 2 workers")
     p.add_argument("--no-scaling", action="store_true")
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--ffmpeg")

@@ -30,3 +30,12 @@ def test_bench_figures_are_consistent(monkeypatch: pytest.MonkeyPatch) -> None:
         assert v["bytes_per_clip"] > 1024 * 128 * 2 + 11 * 5_000  # fbank + 11 JPEG frames
     text = format_bench(res)
     assert "floor" in text and all(f"jpeg={name}" in text for name in VARIANTS)
+
+
+def test_machine_ceiling_is_a_two_process_speedup(media_dir) -> None:
+    """Serial wall time over parallel wall time for two processes: between 1/2 (a badly
+    loaded box) and 2 (two independent cores), never outside."""
+    from pipeline.bench import machine_ceiling
+
+    ceiling = machine_ceiling([media_dir / "house_lo.ogg", media_dir / "earth.mp4"])
+    assert 0.5 < ceiling < 2.2
