@@ -1,13 +1,15 @@
 """When is a step's output complete and valid? One check per kind of artifact.
 
-| kind | complete when |
-| --- | --- |
-| ``store`` | ``store.json`` and index parts exist, ``pipeline verify`` exits 0, and the build finished: its latest run report (``STORE/reports/run-*.json``) planned as many shards as are committed, or this runner saw the build command succeed on these very index parts |
-| ``stats`` | ``store.json`` holds ``stats.fbank_mean`` / ``fbank_std`` (``pipeline stats``) |
-| ``run`` | ``RUN/summary.json`` says ``"status": "finished"`` and its checkpoint exists (``train/trained.py``) |
-| ``eval`` | ``DIR/metrics.json`` is a JSON object (``evaluate run`` / ``retrieval``) |
-| ``report`` | ``DIR/report.md`` exists and is not empty (``evaluate compare``) |
-| ``file`` | the file exists and is not empty, and this runner saw its step succeed |
+* ``store``: ``store.json`` and index parts exist, ``pipeline verify`` exits 0, and the
+  build finished: its latest run report (``STORE/reports/run-*.json``) planned as many
+  shards as are committed, or this runner saw the build command succeed on these very
+  index parts;
+* ``stats``: ``store.json`` holds ``stats.fbank_mean`` / ``fbank_std`` (``pipeline stats``);
+* ``run``: ``RUN/summary.json`` says ``"status": "finished"`` and its checkpoint exists
+  (the RUN contract of ``train/trained.py``);
+* ``eval``: ``DIR/metrics.json`` is a JSON object (``evaluate run`` / ``retrieval``);
+* ``report``: ``DIR/report.md`` exists and is not empty (``evaluate compare``);
+* ``file``: the file exists and is not empty, and this runner saw its step succeed.
 
 A killed ``pipeline build`` leaves committed shards that verify cleanly, so a store is never
 trusted on ``verify`` alone. ``verify`` re-reads every byte, so its verdict is cached by the

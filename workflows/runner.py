@@ -246,7 +246,8 @@ class Runner:
                 entry.update(status="skipped", outputs=outputs, checked=_now())
                 self._save()
                 self._event(event="skip", step=step.name)
-                self.echo(f"{tag}: done already, skipped ({'; '.join(c.detail for _, c in results)})")
+                found = "; ".join(c.detail for _, c in results)
+                self.echo(f"{tag}: done already, skipped ({found})")
                 skipped += 1
                 continue
             for a in step.inputs:
