@@ -73,6 +73,8 @@ def run_ray(task: Task, jobs: list, workers: int, max_retries: int,
     import ray
 
     started = False
+    # a Ray job's driver (the workflow runner's steps) has RAY_ADDRESS: join that cluster
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "logging_level": logging.ERROR}
