@@ -108,8 +108,9 @@ def load_workflow(path: str | Path, sets: dict[str, str] | None = None) -> Workf
     if {"steps", "result"} & set(params):
         raise WorkflowError(f"{path}: 'steps' and 'result' cannot be parameter names")
     OmegaConf.set_struct(params, True)
+    names = set(params.keys())  # (`in` is False for a ??? value)
     for key, value in (sets or {}).items():
-        if key not in params:
+        if key not in names:
             raise WorkflowError(f"--set {key}: {path.name} has no parameter {key!r} "
                                 f"(it has: {', '.join(sorted(params))})")
         try:  # YAML typing, as on a command line of OmegaConf's: 8 -> int, null -> None
@@ -122,6 +123,10 @@ def load_workflow(path: str | Path, sets: dict[str, str] | None = None) -> Workf
         params.workdir = os.path.abspath(workdir)
     plain = OmegaConf.to_container(raw, resolve=False)
     root = OmegaConf.merge(params, {"steps": plain["steps"], "result": plain.get("result")})
+    missing = sorted(k for k in names if OmegaConf.is_missing(params, k))
+    if missing:
+        raise WorkflowError(f"{path.name}: give a value for {', '.join(missing)} "
+                            f"(--set {missing[0]}=...)")
     try:
         resolved = OmegaConf.to_container(root, resolve=True)
     except OmegaConfBaseException as err:
