@@ -36,7 +36,7 @@ def save_checkpoint(path: Path, name: str, stage: str, store: str, seed: int = 0
     return path
 
 
-def randomize_head(model: torch.nn.Module, seed: int = 0, std: float = 1.0) -> None:
+def randomize_head(model: torch.nn.Module, seed: int = 0, std: float = 0.1) -> None:
     """The fine-tuning head starts at std 2e-5 (scores all ~0.5); give it spread so the
     scores differ between clips and views."""
     g = torch.Generator().manual_seed(seed)
