@@ -72,8 +72,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from eval.infer import RunOptions, read_predictions, run_inference
-    from eval.infer import dist_info
+    from eval.infer import RunOptions, dist_info, read_predictions, run_inference
     from eval.metrics import classification_metrics
 
     opts = RunOptions(ckpt=args.ckpt, store=args.store, out=args.out, split=args.split,

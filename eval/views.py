@@ -1,12 +1,12 @@
 """Which stored frames (and audio) each fine-tuned model sees at inference.
 
-| family  | input          | ``--clips 1``                  | ``--clips 10``                           |
-| ------- | -------------- | ------------------------------ | ---------------------------------------- |
-| MAViL,  | audio only     | ``audio_eval`` (one pass)      | the same single pass (supp. B.3, Table 2) |
-| AV-MAE  | video / A+V    | ``mavil_eval``: centre 4-s     | ``mavil_eval10``: 10 uniformly spaced    |
-|         |                | window, centre crop            | 4-s windows, same 10-s audio for all     |
-| CAV-MAE | audio only     | ``audio_eval``                 | the same single pass                     |
-|         | video / A+V    | ``cavmae_eval``: frame n // 2  | frames ``int(k * n / 10)``, k = 0..9     |
+- audio-only models (any family): ``audio_eval``, one pass for ``--clips 1`` and ``10``
+  alike (supp. B.3 / Table 2: the audio result does not change with the clip count);
+- MAViL and Audiovisual-MAE, video or A+V: ``--clips 1`` = ``mavil_eval`` (the centre 4-s
+  window, centre crop); ``--clips 10`` = ``mavil_eval10`` (10 uniformly spaced 4-s windows,
+  the same 10-s audio for all ten);
+- CAV-MAE, video or A+V: ``--clips 1`` = ``cavmae_eval`` (frame n // 2); ``--clips 10`` =
+  frames ``int(k * n / 10)``, k = 0..9.
 
 The CAV-MAE frames follow the official preprocessing (``extract_video_frame.py`` keeps frame
 ``int(i * total / 10)`` of the first 10 s for i = 0..9, and ``run_cavmae_ft.py`` scores each of
@@ -86,10 +86,12 @@ def inference_setup(name: str, model: Any, clips: int, audio: dict[str, float],
         return InferenceSetup(family, mods, view, 1, "audio_eval")
     if family == "cav_mae":
         if clips == 1:
-            view_name, view = "cavmae_eval", make_view("cavmae_eval", decode=decode, size=size, **audio)
+            view_name = "cavmae_eval"
+            view = make_view(view_name, decode=decode, size=size, **audio)
         else:
             view_name = "cavmae_frames10"
-            view = SampleView(audio=AudioView(**audio), video=CAVMAEFramesView(size=size, decode=decode))
+            view = SampleView(audio=AudioView(**audio),
+                              video=CAVMAEFramesView(size=size, decode=decode))
     else:
         view_name = "mavil_eval10" if clips == 10 else "mavil_eval"
         view = make_view(view_name, decode=decode, size=size, **audio)

@@ -125,8 +125,8 @@ def test_one_audio_pass_per_clip_and_one_decode_per_stored_frame(
     assert sum(decoded) == sum(len(c.frames) for c in with_video)  # ... each frame once
 
 
-def test_predictions_and_metrics_of_a_real_tiny_model(av_ckpt, zarr_store, tmp_path,
-                                                      capsys) -> None:  # noqa: F811
+def test_predictions_and_metrics_of_a_real_tiny_model(
+        av_ckpt, zarr_store, tmp_path, capsys) -> None:  # noqa: F811
     rc, out, err = run(["run", "--ckpt", str(av_ckpt), "--store", zarr_store, "--out",
                         str(tmp_path), "--split", "train", "--num-workers", "0", "--quiet",
                         "--part-size", "5", "--no-report"], capsys)
