@@ -12,8 +12,8 @@ so a clip has 1-3 labels and 9 classes in all. The three parts are drawn indepen
 (balanced: each scene and sound on ~1/5 of the clips, the box on ~1/2), so neither
 modality alone can name all of a clip's labels. Nuisance parameters (shades, bar
 standard, cell size, box colour/size/speed, tone frequency within its band, sweep range
-and period, noise colour, loudness) vary per clip. All sound rides on a quiet white-noise
-floor (-54 dBFS), so no clip is digital silence.
+and period, noise colour, loudness 0.2-0.5) vary per clip. All sound rides on a quiet
+white-noise floor (amplitude 0.002, -54 dBFS), so no clip is digital silence.
 
 Writes ``OUT/media/<id>.mp4`` (h264 + AAC 16 kHz mono, 320x240 at 10 fps),
 ``OUT/labels.csv`` (``index,mid,display_name``), ``OUT/manifest.csv`` (the generic
@@ -53,7 +53,7 @@ DESCRIPTION = {
     "moving_box": "a 48-96 px box of a bright colour bouncing over the scene",
     "tone_low": "a sine tone at 150-500 Hz",
     "tone_high": "a sine tone at 2.5-5 kHz",
-    "chirp": "repeated linear sweeps between ~400 Hz and ~5.5 kHz, 1-3 s each",
+    "chirp": "linear sweeps 300-600 Hz <-> 4.5-6.5 kHz (up or down), restarted every 1-3 s",
     "noise": "white, pink or brown noise",
 }
 WIDTH, HEIGHT, FPS, SAMPLE_RATE = 320, 240, 10, 16000
@@ -151,8 +151,9 @@ def plan_clips(clips: int = 160, seed: int = 0, duration_range: tuple[float, flo
                eval_fraction: float = 0.2) -> list[ClipPlan]:
     """The deterministic plan of a synthetic set (no ffmpeg)."""
     lo, hi = duration_range
-    if clips < 1 or not 0 < lo <= hi:
-        raise ValueError(f"need clips >= 1 and 0 < duration min <= max, got {clips}, {lo}-{hi}")
+    if clips < 1 or not 0 < lo <= hi or not 0 <= eval_fraction < 1:
+        raise ValueError(f"need clips >= 1, 0 < duration min <= max, 0 <= eval fraction < 1; "
+                         f"got {clips}, {lo}-{hi}, {eval_fraction}")
     rng = np.random.default_rng([seed, FORMAT_VERSION])
     scenes, sounds = _balanced(rng, clips, len(SCENES)), _balanced(rng, clips, len(SOUNDS))
     boxes = _balanced(rng, clips, 2)

@@ -176,3 +176,47 @@ def test_readme_states_the_chance_level(synthetic_store: SyntheticStore) -> None
     meta = json.loads((synthetic_store.root / "synthetic.json").read_text())
     assert f"{meta['label_prior']['chance_mAP_eval']:.3f}" in readme
     assert synthetic_store.chance_map == meta["label_prior"]["chance_mAP_eval"]
+
+
+def test_a_linear_probe_on_plain_features_learns_far_above_chance(
+        synthetic_store: SyntheticStore) -> None:
+    """The set is learnable from what a model sees (2-fps frames, the 128-bin fbank) and
+    not from the label prior: scikit-learn logistic regression (one per class) on two
+    16x12 thumbnails, a frame-difference energy, and the fbank's per-band mean and std
+    over time. Eval mAP (scikit-learn AP) on the 48-clip sets, seeds 0/1/2: 0.90, 0.95,
+    0.94 (0.99 on the 160-clip set), chance 0.23-0.24 (the box is the hard class);
+    threshold 0.7, about 3x chance."""
+
+    probe_map, chance = linear_probe_map(synthetic_store.store)
+    assert abs(chance - synthetic_store.chance_map) < 1e-3
+    assert probe_map > 0.7 > 2.5 * chance, (probe_map, chance)
+
+
+def linear_probe_map(store: str) -> tuple[float, float]:
+    """(eval mAP of the probe over classes with eval positives, chance mAP)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    st = open_store(store)
+    feats, targets, splits = [], [], []
+    for r in st.index().to_pylist():
+        clip = st.get(r["clip_id"])
+        frames = torch.from_numpy(_frames(clip.frames))
+        thumbs = torch.nn.functional.interpolate(frames[[0, len(frames) // 2]], (12, 16),
+                                                 mode="area").flatten().numpy() / 255
+        motion = [np.abs(np.diff(frames.numpy(), axis=0)).mean() / 10]
+        fb = clip.fbank.float().numpy()[: clip.audio_frames]
+        feats.append(np.concatenate([thumbs, motion, fb.mean(0) / 5, fb.std(0)]))
+        targets.append(np.isin(np.arange(len(CLASSES)), clip.labels).astype(int))
+        splits.append(r["split"])
+    x, y, split = np.array(feats), np.array(targets), np.array(splits)
+    train, ev = split == "train", split == "eval"
+    scale = StandardScaler().fit(x[train])
+    probe = OneVsRestClassifier(LogisticRegression(C=0.1, max_iter=2000))
+    scores = probe.fit(scale.transform(x[train]), y[train]).predict_proba(
+        scale.transform(x[ev]))
+    ap = [average_precision_score(y[ev][:, k], scores[:, k]) for k in range(len(CLASSES))
+          if y[ev][:, k].any()]
+    return float(np.mean(ap)), float(y[ev].mean(0).mean())
