@@ -12,14 +12,16 @@ install:
 		$(PYTHON) -m pip install --quiet uv
 	$(UV) sync --frozen --all-extras
 
+# the demo workflow (workflows/demo.yaml): CSV -> store -> tiny stage 1 / stage 2 /
+# fine-tune -> evaluate -> report; a second run finds every step done and says so
 demo: install
-	$(UV) run --frozen bash workflows/demo.sh $(DEMO_DIR)
+	$(UV) run --frozen python -m workflows run workflows/demo.yaml --set workdir=$(DEMO_DIR)
 
 test: install
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 lint: install
-	$(UV) run --frozen ruff check pipeline store train eval tests
+	$(UV) run --frozen ruff check pipeline store train eval tests workflows
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache
