@@ -185,6 +185,9 @@ def test_rayjob_runs_the_runner_on_a_workflow_we_ship(capsys) -> None:
     assert runtime_env["working_dir"]
 
 
+SCRIPT_VALUES = {"STAGE": "stage2", "EXTRA": "--teacher /runs/stage1 --iteration 1"}
+
+
 def _commands(script: str) -> list[list[str]]:
     """Our commands in a shell script, variables replaced by a placeholder."""
     text = re.sub(r"\\\n\s*", " ", script)
@@ -194,6 +197,7 @@ def _commands(script: str) -> list[list[str]]:
         if not line or line.startswith("#"):
             continue
         line = re.sub(r"\$\(\([^)]*\)\)", "1", line)
+        line = re.sub(r"\$\{?(STAGE|EXTRA)\}?", lambda m: SCRIPT_VALUES[m.group(1)], line)
         line = re.sub(r"\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*", "1", line)
         line = line.replace("&", " ").replace(";", " ")
         try:
@@ -230,3 +234,21 @@ def test_slurm_scripts_parse_and_call_our_commands(name: str, capsys) -> None:
         assert "srun" in text and "--rdzv-backend=c10d" in text and "--no-python train run" in text
         assert directives.get("gpus-per-node") and "requeue" in directives
     all_accepted(cmds, capsys)
+
+
+def test_recipes_named_in_workflows_exist() -> None:
+    """Every ``--recipe`` a workflow passes resolves in train/recipes (NAME_STAGE.yaml)."""
+    config = pytest.importorskip("train.config")
+    missing = set()
+    for name in WORKFLOWS:
+        for step in load_workflow(WF / name, REQUIRED.get(name, {})).steps:
+            argv = list(step.argv)
+            if argv[:2] != ["train", "run"] or "--recipe" not in argv:
+                continue
+            recipe = argv[argv.index("--recipe") + 1]
+            try:
+                config.recipe_path(recipe, argv[2])
+            except config.ConfigError:
+                missing.add(f"{recipe} ({argv[2]})")
+    if missing:  # the Table 10 / peer recipes arrive with the trainer issue
+        pytest.xfail(f"not in train/recipes yet: {', '.join(sorted(missing))}")
