@@ -70,15 +70,33 @@ def head_classes(model: nn.Module) -> int | None:
 
 
 def audio_norm(config: dict[str, Any], store: Store) -> dict[str, float]:
-    """fbank normalisation the model was trained with: ``config["data"]["norm"]`` as a
-    ``{"mean", "std", "std_scale"}`` mapping; otherwise the store's own statistics
-    (``store.datasets.fbank_stats``) with std_scale 1."""
+    """fbank normalisation the model was trained with, from ``config["data"]["norm"]``:
+    the trainer's presets (train/data.py) - ``"audiomae"``: Table 10's AudioSet mean / std
+    with the AudioMAE code's 2 x std; ``"store"``: the store's own statistics, 2 x std - or
+    a ``{"mean", "std", "std_scale"}`` mapping; without one, the store's statistics, 1 x std."""
     from store.datasets import fbank_stats
+    from store.views.audio import AUDIOSET_MEAN, AUDIOSET_STD
 
     norm = config.get("data", {}).get("norm")
+    if norm == "audiomae":
+        return {"mean": AUDIOSET_MEAN, "std": AUDIOSET_STD, "std_scale": 2.0}
+    if norm == "store":
+        return {**fbank_stats(store), "std_scale": 2.0}
     out = {**fbank_stats(store), "std_scale": 1.0}
     if isinstance(norm, dict):
         for key in ("mean", "std", "std_scale"):
             if norm.get(key) is not None:
                 out[key] = float(norm[key])
+    elif norm is not None:
+        raise EvalError(f"unknown normalisation preset {norm!r} in the checkpoint's config")
     return out
+
+
+def input_sizes(config: dict[str, Any]) -> dict[str, int]:
+    """The input sizes the model was trained with (recipe data.video_size / num_frames /
+    audio_frames; the model's own img_size kwarg as a fallback)."""
+    data = config.get("data", {})
+    kw = config.get("model", {}).get("kwargs", {})
+    return {"size": int(data.get("video_size", kw.get("img_size", 224))),
+            "num_frames": int(data.get("num_frames", kw.get("num_frames", 8))),
+            "audio_frames": int(data.get("audio_frames", (kw.get("audio_size") or [1024])[0]))}

@@ -33,7 +33,14 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from eval.checks import EvalError, audio_norm, check_vocabulary, head_classes, load_model
+from eval.checks import (
+    EvalError,
+    audio_norm,
+    check_vocabulary,
+    head_classes,
+    input_sizes,
+    load_model,
+)
 from eval.forward import score_batch
 from eval.metrics import is_single_label
 from eval.views import inference_setup
@@ -213,11 +220,12 @@ def run_inference(opts: RunOptions) -> dict[str, Any]:
     name = config["model"]["name"]
     setup = inference_setup(name, model, opts.clips, audio_norm(config, store),
                             decode="gpu" if device.type == "cuda" else "cpu",
-                            size=int(config["model"].get("kwargs", {}).get("img_size", 224)))
+                            **input_sizes(config))
     table, counts = plan_clips(store, opts.split, setup.modalities, opts.missing)
     clip_ids = table["clip_id"].to_pylist()
     labels = [list(x) for x in table["labels"].to_pylist()]
-    single = bool(config.get("data", {}).get("single_label", is_single_label(labels)))
+    multi = config.get("data", {}).get("multi_label")
+    single = (not multi) if multi is not None else is_single_label(labels)
     out = Path(opts.out)
     parts_dir = prepare_parts(out, fingerprint(ckpt, opts, clip_ids), opts.fresh, rank)
     require = setup.modalities if opts.missing == "skip" else ()

@@ -29,6 +29,7 @@ R@k = mean(rank < k); median rank = median(rank) + 1 (1-based, as the retrieval 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from eval.checks import EvalError, audio_norm, load_model
+from eval.checks import EvalError, audio_norm, input_sizes, load_model
 from eval.infer import atomic_write_text, pick_device
 from store.datasets import ClipDataset, select_clips
 from store.jpeg import collate, finish_video_on_gpu
@@ -143,10 +144,14 @@ def run_retrieval(opts: RetrievalOptions) -> dict[str, Any]:
                            opts.per_class, opts.seed)
     if len(rows) < 2:
         raise EvalError(f"retrieval needs at least 2 clips, the subset has {len(rows)}")
-    size = int(config["model"].get("kwargs", {}).get("img_size", 224))
+    sizes = input_sizes(config)
     view_name = "cavmae_eval" if family == "cav_mae" else "mavil_eval"
     decode = "gpu" if device.type == "cuda" else "cpu"
-    view = make_view(view_name, decode=decode, size=size, **audio_norm(config, store))
+    video_kw = {} if family == "cav_mae" else {"num_frames": sizes["num_frames"]}
+    view = make_view(view_name, decode=decode, size=sizes["size"], **video_kw,
+                     **audio_norm(config, store))
+    view = dataclasses.replace(view, audio=dataclasses.replace(
+        view.audio, target_frames=sizes["audio_frames"]))
     dataset = ClipDataset(store, view, split=opts.split, require=("audio", "video"))
     loader = DataLoader(Subset(dataset, rows), batch_size=opts.batch_size, shuffle=False,
                         collate_fn=collate)

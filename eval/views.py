@@ -16,6 +16,7 @@ of the frames it needs once per clip (the plan's unique frames), however much wi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,17 +75,21 @@ def model_modalities(model: Any) -> tuple[str, ...]:
 
 
 def inference_setup(name: str, model: Any, clips: int, audio: dict[str, float],
-                    decode: str = "cpu", size: int = 224) -> InferenceSetup:
-    """The view for model ``name`` at ``clips`` (1 or 10); ``audio``: mean/std/std_scale;
-    ``size``: the model's image size (frames are rendered at size x size)."""
+                    decode: str = "cpu", size: int = 224, num_frames: int = 8,
+                    audio_frames: int = 1024) -> InferenceSetup:
+    """The view for model ``name`` at ``clips`` (1 or 10). ``audio``: mean / std /
+    std_scale of the fbank normalisation; ``size``, ``num_frames``, ``audio_frames``: the
+    input sizes the model was trained with (the recipe's data.video_size, data.num_frames,
+    data.audio_frames)."""
     if clips not in (1, 10):
         raise ValueError(f"--clips takes 1 or 10, not {clips}")
     family = FAMILIES[name]
     mods = model_modalities(model)
     if "video" not in mods:
-        view = make_view("audio_eval", decode=decode, **audio)
-        return InferenceSetup(family, mods, view, 1, "audio_eval")
-    if family == "cav_mae":
+        view_name, views = "audio_eval", 1
+        view = make_view(view_name, decode=decode, **audio)
+    elif family == "cav_mae":
+        views = clips
         if clips == 1:
             view_name = "cavmae_eval"
             view = make_view(view_name, decode=decode, size=size, **audio)
@@ -93,8 +98,12 @@ def inference_setup(name: str, model: Any, clips: int, audio: dict[str, float],
             view = SampleView(audio=AudioView(**audio),
                               video=CAVMAEFramesView(size=size, decode=decode))
     else:
+        views = clips
         view_name = "mavil_eval10" if clips == 10 else "mavil_eval"
-        view = make_view(view_name, decode=decode, size=size, **audio)
+        view = make_view(view_name, decode=decode, size=size, num_frames=num_frames, **audio)
     if "audio" not in mods:
-        view.audio = None
-    return InferenceSetup(family, mods, view, clips, view_name)
+        view = dataclasses.replace(view, audio=None)
+    elif view.audio is not None and view.audio.target_frames != audio_frames:
+        view = dataclasses.replace(
+            view, audio=dataclasses.replace(view.audio, target_frames=audio_frames))
+    return InferenceSetup(family, mods, view, views, view_name)
