@@ -125,13 +125,14 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
             f"split {cfg.data.split!r} gives {loader.per_rank} samples per rank, fewer than one "
             f"optimizer step ({cfg.data.batch_size} x {accum} micro-batches); lower "
             "data.batch_size / optim.batch_size")
-    distributed.seed_everything(cfg.train.seed, d.rank)  # model init and masking noise
+    torch.manual_seed(cfg.train.seed)  # model init: the same on every rank
     if cfg.stage == "stage1":
         model, saved_module, notes = build_stage1(cfg)
     elif cfg.stage == "stage2":
         model, saved_module, notes = build_stage2(cfg)
     else:
         model, saved_module, notes = build_finetune(cfg, cfg.data.num_classes)
+    distributed.seed_everything(cfg.train.seed, d.rank)  # masking noise etc.: per rank
     cfg.optim.lr = optim.peak_lr(cfg.optim.base_lr, cfg.optim.batch_size)
     cfg.meta.world_size, cfg.meta.accum_steps, cfg.meta.steps_per_epoch = d.world_size, accum, spe
     model.to(d.device)

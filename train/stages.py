@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -158,6 +159,8 @@ def build_stage2(cfg: DictConfig) -> tuple[nn.Module, nn.Module, dict[str, Any]]
                         "target_dim": teacher.dim}
     cfg.model.kwargs = model_kwargs(cfg)  # the student's build kwargs, saved as a plain mavil
     student_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model.kwargs.items()}
+    # a fresh student (Sec. 3.3), and not the stage-1 initialisation again: its own seed
+    torch.manual_seed(cfg.train.seed + 1000 * len(chain))
     student = MAViL(size=cfg.model.size, **student_kw)
     model = MAViLStage2(student, freeze(teacher), cfg.stage2.target, cfg.stage2.target_norm,
                         {"size": cfg.model.size, **student_kw})
