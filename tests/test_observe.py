@@ -56,7 +56,7 @@ def test_jsonl_and_tensorboard_records(tmp_path):
     assert train[0]["samples_per_s"] == pytest.approx(8.0)  # 16 samples in 2 s
     assert train[0]["data_wait"] == pytest.approx(0.25)
     assert "pred_audio" not in train[0]
-    assert recs[-1] == {"kind": "eval", "step": 6, "epoch": 0, "time_s": recs[-1]["time_s"],
+    assert recs[-1] == {"kind": "eval", "step": 6, "epoch": 1, "time_s": recs[-1]["time_s"],
                         "mAP": 0.25}
 
     steps_values = _tb_scalars(tmp_path, "train/loss_recon")

@@ -23,7 +23,7 @@ resumes with ``start_step=S`` and logs S+1 onwards.
   are summed on the device each step (no host sync) and averaged over each ``log_every``
   window, when one ``.item()`` sync per term happens.
 * Every window writes one JSON object per line to ``RUN/metrics.jsonl`` (flushed) with
-  ``kind: "train"``, ``step``, ``epoch``, ``time_s`` (wall time of the run, cumulative over
+  ``kind: "train"``, ``step``, ``epoch`` (counted from 1), ``time_s`` (wall time of the run, cumulative over
   resumes), ``lr``, ``samples_per_s``, ``data_wait`` (fraction of step time waiting for
   data), ``step_s`` and the loss terms, and the same scalars to TensorBoard (``RUN/tb``,
   tags ``train/<name>``). :meth:`RunLogger.scalars` logs other kinds (``eval``...).
@@ -130,6 +130,14 @@ def _fmt(value: float) -> str:
     return f"{value:.2e}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4f}"
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
 class RunLogger:
     """Rank-0 run logger: tqdm bar per epoch, TensorBoard scalars, metrics.jsonl, summary."""
 
@@ -166,11 +174,13 @@ class RunLogger:
         self._step_s = 0.0
 
     def start_epoch(self, epoch: int, steps: int | None, done: int = 0) -> None:
-        """Open the epoch's bar; ``done`` steps of it already ran (a resumed epoch)."""
+        """Open the bar of the loop's epoch index ``epoch`` (from 0); it is shown and logged
+        counted from 1, as the epoch files ``checkpoints/epoch_NNNN.pt`` written at its end
+        are. ``done`` steps of it already ran (a resumed epoch)."""
         self.end_epoch()
-        self.epoch = int(epoch)
+        self.epoch = int(epoch) + 1
         if self.progress:
-            self._bar = tqdm(total=steps, initial=done, desc=f"epoch {epoch}", unit="step",
+            self._bar = tqdm(total=steps, initial=done, desc=f"epoch {self.epoch}", unit="step",
                              dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
 
     def step(self, step: int, out: Mapping[str, Any], lr: float, samples: int,
@@ -268,11 +278,10 @@ class RunLogger:
             "steps": self.last_step, "epoch": self.epoch, "time_s": round(self.elapsed(), 3),
             "final": self.last, **dict(extra or {})}
         write_json_atomic(self.run_dir / SUMMARY, summary)
-        hours, rest = divmod(summary["time_s"], 3600)
         terms = ", ".join(f"{k} {_fmt(v)}" for k, v in self.last.items()
                           if k.startswith("loss") or k.endswith("_acc"))
-        print(f"run {status}: {self.last_step} steps, epoch {self.epoch}, "
-              f"{int(hours)} h {rest / 60:.1f} min", flush=True)
+        print(f"run {status}: {self.last_step} steps (epoch {self.epoch}) in "
+              f"{_duration(summary['time_s'])}", flush=True)
         if terms:
             print(f"  final losses: {terms}", flush=True)
         print(f"  checkpoint: {checkpoint}", flush=True)
