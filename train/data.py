@@ -95,6 +95,9 @@ def build_view(cfg: Any, store: Store, num_classes: int | None, train: bool = Tr
     if hasattr(view, "for_store"):  # fills "store" norm stats / vocabulary size
         view = view.for_store(store.vocabulary.num_rows if store.vocabulary is not None else 0,
                               store.spec.stats)
+    unused = {m: None for m in ("audio", "video") if m not in cfg.model.inputs}
+    if unused:  # do not decode what the model never sees (e.g. video for audio fine-tuning)
+        view = dataclasses.replace(view, **unused)
     if view.audio is not None and view.audio.target_frames != d.audio_frames:
         view = dataclasses.replace(
             view, audio=dataclasses.replace(view.audio, target_frames=d.audio_frames))

@@ -35,7 +35,7 @@ from train.resume import (
     save_training_state,
     set_rng_state,
 )
-from train.stages import build_finetune, build_stage1, build_stage2
+from train.stages import MODE_INPUTS, build_finetune, build_stage1, build_stage2
 
 # keys a resumed run may change; every other config value must equal the saved one
 RESUME_MAY_CHANGE = ("meta", "train.max_steps", "train.log_every", "train.ckpt_every",
@@ -115,6 +115,8 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
     cfg.data.vocabulary = vocabulary(store)
     cfg.data.num_classes = len(cfg.data.vocabulary)
     num_classes = cfg.data.num_classes if cfg.stage == "finetune" else None
+    if cfg.stage == "finetune":
+        cfg.model.inputs = MODE_INPUTS[cfg.finetune.mode]
     loader = build_loader(cfg, store, d.rank, d.world_size, num_classes)
     accum = accumulation(cfg.optim.batch_size, cfg.data.batch_size, d.world_size)
     spe = steps_per_epoch(loader, cfg.data.batch_size, accum)
@@ -217,8 +219,8 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
                 with (contextlib.nullcontext() if sync else train_model.no_sync()), \
                         torch.autocast(d.device.type, amp_dtype or torch.float32,
                                        enabled=amp_dtype is not None):
-                    if cfg.stage == "finetune":
-                        logits = forward_model(*inputs)
+                    if cfg.stage == "finetune":  # classifiers take audio= / video=
+                        logits = forward_model(**dict(zip(cfg.model.inputs, inputs)))
                         out = {"loss": loss_fn(logits, batch["label"].to(d.device))}
                     else:
                         out = forward_model(*inputs)
@@ -279,7 +281,10 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
 
 def config_summary(cfg: DictConfig) -> str:
     """One line for the start of a run."""
-    return (f"{cfg.stage} {cfg.model.name}/{cfg.model.size}, recipe {cfg.recipe}, "
+    what = {"stage1": f"stage1 {cfg.model.name}/{cfg.model.size}",
+            "stage2": f"stage2 mavil/{cfg.model.size} taught by {cfg.stage2.teacher}",
+            "finetune": f"finetune {cfg.finetune.mode} from {cfg.finetune.init}"}[cfg.stage]
+    return (f"{what}, recipe {cfg.recipe}, "
             f"store {cfg.data.store}, batch {cfg.optim.batch_size}, {cfg.optim.epochs} epochs, "
             f"base lr {cfg.optim.base_lr:g}")
 

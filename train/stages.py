@@ -20,6 +20,7 @@ before any training work.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -90,14 +91,20 @@ def _checkpoint(path: str, what: str) -> tuple[str, dict[str, Any]]:
         raise StageError(f"no {what} checkpoint given")
     try:
         p = resolve_checkpoint(path).resolve()
-        return str(p), load_checkpoint(p)
+        ckpt = load_checkpoint(p)
     except CheckpointError as exc:
         raise StageError(f"{what}: {exc}") from None
+    if p.name == "last.pt":  # name the step file it links to: last.pt moves on, it does not
+        same = [q for q in sorted(p.parent.glob("step_*.pt")) if os.path.samefile(q, p)]
+        p = same[-1] if same else p
+    return str(p), ckpt
 
 
 def build_stage1(cfg: DictConfig) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     """(model to train, module to save, notes for the summary)."""
-    model = _build(cfg.model.name, cfg.model.size, model_kwargs(cfg))
+    kw = model_kwargs(cfg)
+    cfg.model.kwargs = kw  # what it was built with (train.trained rebuilds from it)
+    model = _build(cfg.model.name, cfg.model.size, kw)
     notes: dict[str, Any] = {"video_init": "random"}
     if cfg.init.video:
         if not hasattr(model, "video_encoder"):
@@ -133,7 +140,11 @@ def build_stage2(cfg: DictConfig) -> tuple[nn.Module, nn.Module, dict[str, Any]]
     teacher = MAViL(size=cfg.model.size, **tkw, with_decoders=False)
     state = {k: v for k, v in strip_prefixes(ckpt["model"], ("module.", "student.")).items()
              if "_decoder." not in k}
-    missing, unexpected = teacher.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = teacher.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes differ
+        raise StageError(f"teacher {path} does not fit MAViL-{cfg.model.size}: "
+                         f"{str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise StageError(f"teacher {path} does not fit MAViL-{cfg.model.size}: missing "
                          f"{missing[:3]}, unexpected {unexpected[:3]}")
@@ -145,7 +156,8 @@ def build_stage2(cfg: DictConfig) -> tuple[nn.Module, nn.Module, dict[str, Any]]
     cfg.stage2.chain, cfg.stage2.iteration = chain, len(chain)
     cfg.model.kwargs = {**OmegaConf.to_container(cfg.model.kwargs), "target": "features",
                         "target_dim": teacher.dim}
-    student_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in model_kwargs(cfg).items()}
+    cfg.model.kwargs = model_kwargs(cfg)  # the student's build kwargs, saved as a plain mavil
+    student_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model.kwargs.items()}
     student = MAViL(size=cfg.model.size, **student_kw)
     model = MAViLStage2(student, freeze(teacher), cfg.stage2.target, cfg.stage2.target_norm,
                         {"size": cfg.model.size, **student_kw})
