@@ -71,3 +71,26 @@ def test_figure_has_the_panels_and_pixels(model_and_batch, tmp_path):
     rgb = pixels[..., :3]
     bands = np.array_split(rgb[int(0.05 * len(rgb)):], 6)
     assert all(band.std() > 0.05 for band in bands)
+
+
+def test_every_n_steps_into_the_run_and_tensorboard(model_and_batch, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from train.observe import RunLogger
+    from train.recon_figure import maybe_save_reconstructions
+
+    model, audio, video = model_and_batch
+    batch = {"audio": torch.cat([torch.zeros_like(audio[:1]), audio]),
+             "video": torch.cat([video[:1], video]),
+             "has_audio": torch.tensor([False, True, True]),
+             "has_video": torch.tensor([True, True, True])}
+    log = RunLogger(tmp_path, progress=False)
+    assert maybe_save_reconstructions(3, 4, model, batch, tmp_path, log) is None  # not due
+    assert maybe_save_reconstructions(4, 0, model, batch, tmp_path, log) is None  # off
+    png = maybe_save_reconstructions(4, 4, model, batch, tmp_path, log)
+    assert png == tmp_path / "images" / "recon_00000004.png" and png.is_file()
+    log.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    [event] = acc.Images("reconstruction")
+    assert event.step == 4 and event.width > 700

@@ -118,8 +118,9 @@ class BareLoop:
         x = [batch[k].to(self.device, non_blocking=True) for k in self.inputs]
         with torch.autocast(self.device.type, self.amp or torch.float32,
                             enabled=self.amp is not None):
-            if self.finetune:
-                return self.loss_fn(self.model(*x), batch["label"].to(self.device))
+            if self.finetune:  # classifiers take audio= / video=, as in the loop
+                logits = self.model(**dict(zip(self.inputs, x, strict=True)))
+                return self.loss_fn(logits, batch["label"].to(self.device))
             return self.model(*x)["loss"]
 
     def step(self) -> None:

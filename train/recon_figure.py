@@ -7,10 +7,11 @@ MAE demo show them. Inputs are un-normalised for display: spectrograms back to l
 (x * std_scale * std + mean, colour bar in log-mel units), frames back to RGB
 (x * std + mean per channel, ImageNet statistics by default).
 
-    if step % image_every == 0 and can_reconstruct(model):
-        png = save_reconstruction_figure(model, audio[:2], video[:2],
-                                         run / "images" / f"recon_{step:08d}.png", step=step)
-        log.image(step, "reconstruction", png)
+    # in the loop, rank 0, after the optimizer step (a no-op unless step % every == 0):
+    maybe_save_reconstructions(step, cfg.train.image_every, model, batch, run_dir, log,
+                               view=loader.dataset.view)
+    # by hand:
+    save_reconstruction_figure(model, audio[:2], video[:2], "recon.png", step=step)
 
 The masks are drawn from a fixed seed inside a forked RNG, so the figure neither disturbs the
 training RNG (exact resume) nor changes its masks from one step to the next (figures of
@@ -52,11 +53,15 @@ def can_reconstruct(model: nn.Module) -> bool:
 @torch.no_grad()
 def reconstructions(model: nn.Module, audio: torch.Tensor, video: torch.Tensor,
                     seed: int = 0) -> dict[str, torch.Tensor]:
-    """``model.reconstruct`` in eval mode and fp32 under a fixed-seed, forked RNG (CPU)."""
+    """``model.reconstruct`` in eval mode and fp32 under a fixed-seed, forked RNG.
+
+    The contrastive weights are zeroed meanwhile: the picture needs no InfoNCE, and under
+    DDP its all-gather would wait for ranks that draw no figure."""
     model = _bare(model)
     devices = [audio.device] if audio.device.type == "cuda" else []
-    was_training = model.training
+    was_training, weights = model.training, (model.alpha, model.beta)
     model.eval()
+    model.alpha = model.beta = 0.0
     try:
         with torch.random.fork_rng(devices=devices), torch.autocast(audio.device.type,
                                                                      enabled=False):
@@ -64,6 +69,7 @@ def reconstructions(model: nn.Module, audio: torch.Tensor, video: torch.Tensor,
             out = model.reconstruct(audio.float(), video.float())
     finally:
         model.train(was_training)
+        model.alpha, model.beta = weights
     return {k: v.float().cpu() for k, v in out.items()}
 
 
@@ -107,6 +113,9 @@ def reconstruction_figure(model: nn.Module, audio: torch.Tensor, video: torch.Te
     for i in range(n):
         original = _spectrogram(audio[i].float().cpu(), audio_mean, a_std)
         vmin, vmax = np.percentile(original, [1, 99.5])
+        silent = vmax - vmin < 1e-6  # a clip without audio: its input is the constant mean
+        if silent:
+            vmin, vmax = vmin - 1.0, vmax + 1.0
         a_removed = rec["audio_removed"][i, 0].T.numpy() > 0.5
         v_removed = rec["video_removed"][i].amax(1, keepdim=True).expand(-1, 3, -1, -1)
         masked_frames = _frames(video[i].float().cpu(), video_mean, video_std)
@@ -127,7 +136,8 @@ def reconstruction_figure(model: nn.Module, audio: torch.Tensor, video: torch.Te
             ax_v.imshow(strip, interpolation="nearest")
             _strip_separators(ax_v, frames, width, height)
             ax_v.tick_params(labelsize=7)
-            ax_a.set_title(f"spectrogram: {ROWS[r]}", fontsize=9)
+            ax_a.set_title(f"spectrogram: {ROWS[r]}" + (" (no audio)" if silent else ""),
+                           fontsize=9)
             ax_v.set_title(f"frames ({fps:g} fps): {ROWS[r]}", fontsize=9)
             if r == 2:
                 ax_a.set_xlabel("time (s)", fontsize=8)
@@ -166,3 +176,40 @@ def save_reconstruction_figure(model: nn.Module, audio: torch.Tensor, video: tor
     finally:
         plt.close(fig)
     return path
+
+
+def display_norm(view: object | None) -> dict[str, object]:
+    """The un-normalisation of a store view (``SampleView``): its audio view's mean / std /
+    std_scale; frames use the ImageNet statistics the store's renderer applies."""
+    audio = getattr(view, "audio", None)
+    if audio is None:
+        return {}
+    return {"audio_mean": float(audio.mean), "audio_std": float(audio.std),
+            "std_scale": float(audio.std_scale)}
+
+
+def _flag(batch: dict, key: str, i: int) -> bool:
+    values = batch.get(key)
+    return True if values is None else bool(values[i])
+
+
+def maybe_save_reconstructions(step: int, every: int, model: nn.Module, batch: dict,
+                               run_dir: str | Path, log: object | None = None,
+                               view: object | None = None, clips: int = 2) -> Path | None:
+    """Every ``every`` steps (0: never), on a model that reconstructs: write
+    ``RUN/images/recon_STEP.png`` from the first ``clips`` clips of ``batch`` and show it
+    in TensorBoard through ``log.image``. Call it on rank 0 only."""
+    if not every or step % every or not can_reconstruct(model):
+        return None
+    device = next(_bare(model).parameters()).device
+    n = len(batch["audio"])
+    complete = [i for i in range(n)
+                if _flag(batch, "has_audio", i) and _flag(batch, "has_video", i)]
+    pick = (complete + [i for i in range(n) if i not in complete])[:clips]  # both streams first
+    audio = batch["audio"][pick].to(device)
+    video = batch["video"][pick].to(device)
+    path = Path(run_dir) / "images" / f"recon_{step:08d}.png"
+    png = save_reconstruction_figure(model, audio, video, path, step=step, **display_norm(view))
+    if log is not None and hasattr(log, "image"):
+        log.image(step, "reconstruction", png)
+    return png
