@@ -113,7 +113,7 @@ def reconstruction_figure(model: nn.Module, audio: torch.Tensor, video: torch.Te
     for i in range(n):
         original = _spectrogram(audio[i].float().cpu(), audio_mean, a_std)
         vmin, vmax = np.percentile(original, [1, 99.5])
-        silent = vmax - vmin < 1e-6  # a clip without audio: its input is the constant mean
+        silent = vmax - vmin < 1e-6  # silent or missing audio: a constant input
         if silent:
             vmin, vmax = vmin - 1.0, vmax + 1.0
         a_removed = rec["audio_removed"][i, 0].T.numpy() > 0.5
@@ -136,7 +136,8 @@ def reconstruction_figure(model: nn.Module, audio: torch.Tensor, video: torch.Te
             ax_v.imshow(strip, interpolation="nearest")
             _strip_separators(ax_v, frames, width, height)
             ax_v.tick_params(labelsize=7)
-            ax_a.set_title(f"spectrogram: {ROWS[r]}" + (" (no audio)" if silent else ""),
+            note = " (constant: silent clip)" if silent else ""
+            ax_a.set_title(f"spectrogram: {ROWS[r]}{note}",
                            fontsize=9)
             ax_v.set_title(f"frames ({fps:g} fps): {ROWS[r]}", fontsize=9)
             if r == 2:
