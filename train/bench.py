@@ -265,6 +265,13 @@ def report(r: dict[str, Any]) -> str:
     lines.append(f"  trainer overhead vs bare loop: {r['overhead']:+.1%} (ratio "
                  f"{r['trainer_s_per_step'] / r['bare_s_per_step']:.3f}; {verdict} the 3 % "
                  "target)")
+    a, b = r["bare_runs_s_per_step"]
+    spread = abs(a - b) / min(a, b)
+    if spread > 0.03:
+        lines.append(f"  note: the two bare runs differ by {spread:.0%}, more than the 3 % "
+                     "target: the machine's load changed during the run, so the overhead ratio "
+                     "is not resolved here (the between-steps share above is); rerun on a "
+                     "quiet machine")
     if r["bare_peak_gib"] is not None:
         lines.append(f"  peak GPU memory: bare {r['bare_peak_gib']:.2f} GiB, trainer "
                      f"{r['trainer_peak_gib']:.2f} GiB")
