@@ -23,10 +23,12 @@ resumes with ``start_step=S`` and logs S+1 onwards.
   are summed on the device each step (no host sync) and averaged over each ``log_every``
   window, when one ``.item()`` sync per term happens.
 * Every window writes one JSON object per line to ``RUN/metrics.jsonl`` (flushed) with
-  ``kind: "train"``, ``step``, ``epoch`` (counted from 1), ``time_s`` (wall time of the run, cumulative over
-  resumes), ``lr``, ``samples_per_s``, ``data_wait`` (fraction of step time waiting for
-  data), ``step_s`` and the loss terms, and the same scalars to TensorBoard (``RUN/tb``,
-  tags ``train/<name>``). :meth:`RunLogger.scalars` logs other kinds (``eval``...).
+  ``kind: "train"``, ``step``, ``epoch`` (counted from 1), ``time_s`` (wall time of the
+  run, cumulative over resumes), ``lr``, ``samples_per_s``, ``data_wait`` (fraction of step
+  time waiting for data), ``step_s`` and the loss terms, and the same scalars to
+  TensorBoard (``RUN/tb``, tags ``train/<name>``). :meth:`RunLogger.scalars` logs other
+  kinds (``eval``...); :meth:`RunLogger.image` shows a PNG (the reconstruction figures of
+  :mod:`train.recon_figure`) in TensorBoard.
 * Resume: records past ``start_step`` (written after the checkpoint, before the kill) and a
   torn last line are dropped (the file is rewritten atomically); TensorBoard gets
   ``purge_step = start_step + 1`` so events of the lost steps are hidden on reading.
