@@ -39,7 +39,8 @@ CKPT_DIR = "checkpoints"
 LAST = "last.pt"
 _STEP = re.compile(r"^step_(\d{8})\.pt$")
 # Fault injection for the crash tests: "kill_in_save:STEP" SIGKILLs this process halfway
-# through writing the checkpoint of optimizer step STEP (the temp file is half written).
+# through writing the checkpoint of optimizer step STEP (the temp file is half written);
+# "kill_after_save:STEP" right after that checkpoint is complete.
 FAULT_ENV = "MAVIL_TRAIN_FAULT"
 
 
@@ -85,8 +86,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
-def _fault(step: int) -> bool:
-    return os.environ.get(FAULT_ENV, "") == f"kill_in_save:{step}"
+def _fault(step: int, kind: str = "kill_in_save") -> bool:
+    return os.environ.get(FAULT_ENV, "") == f"{kind}:{step}"
 
 
 def atomic_torch_save(path: Path, obj: Any, step: int = -1) -> Path:
@@ -159,6 +160,8 @@ def save_training_state(run_dir: Path, state: dict[str, Any], keep_last: int,
     _link(path, last_file(run_dir))
     for old in step_files(run_dir)[: -max(1, int(keep_last))]:
         old.unlink(missing_ok=True)
+    if _fault(step, "kill_after_save"):
+        os.kill(os.getpid(), signal.SIGKILL)
     return path
 
 
