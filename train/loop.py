@@ -27,7 +27,6 @@ from omegaconf import DictConfig
 from train import distributed, optim
 from train.config import save_config, to_plain
 from train.data import accumulation, build_loader, open_train_store, steps_per_epoch, vocabulary
-from train.recon_figure import maybe_save_reconstructions
 from train.resume import (
     FORMAT_VERSION,
     load_resume_state,
@@ -257,6 +256,8 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
             log.step(step, terms, lr=lr, samples=cfg.optim.batch_size, data_s=data_s,
                      step_s=time.perf_counter() - t0)
             if d.is_main and cfg.train.image_every:  # Fig. 3-style PNG (train/recon_figure.py)
+                from train.recon_figure import maybe_save_reconstructions
+
                 maybe_save_reconstructions(step, cfg.train.image_every, model, batch, run_dir,
                                            log, view=loader.dataset.view)
             end_of_epoch = step == (epoch + 1) * spe
