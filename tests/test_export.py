@@ -87,10 +87,17 @@ def test_export_refuses_a_finetuned_checkpoint_and_a_pickle(tmp_path, capsys):
     src = _save(tmp_path / "ft.pt", clf, _config("finetune", "mavil_audio_ft"), 1, 1)
     assert main_export([str(src), "--out", str(tmp_path / "x.pt")]) == 2
     assert "fine-tuned" in capsys.readouterr().err
-    evil = tmp_path / "evil.pt"
-    evil.write_bytes(pickle.dumps({"model": {}, "config": {}, "x": Path("/")}))
-    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
-        export_encoder(evil, tmp_path / "y.pt")
+    evil = tmp_path / "evil.pt"  # a pickled object, in torch's zip format and as a bare pickle
+    torch.save({"model": {}, "config": {}, "x": Path("/")}, evil)
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps({"model": {}, "config": {}, "x": Path("/")}))
+    for bad in (evil, raw):
+        with pytest.raises(CheckpointError, match=f"{bad.name}: refused: .*could run code"):
+            export_encoder(bad, tmp_path / "y.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="cut.pt: truncated or damaged"):
+        export_encoder(cut, tmp_path / "y.pt")
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
 
 

@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint (file or RUN dir) read with ``weights_only=True`` and memory-mapped, so
     the optimizer state of a large run is not read into memory; errors name the file."""
     p = resolve_checkpoint(path)
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    try:  # legacy (non-zip) torch files cannot be memory-mapped
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
     except Exception as exc:  # noqa: BLE001 - truncated, pickled object, not a torch file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{p}: cannot be loaded safely ({first[:200]})") from None
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text:
+            raise CheckpointError(f"{p}: refused: it holds a pickled Python object that could "
+                                  "run code when loaded; only tensors and plain containers "
+                                  "are accepted") from None
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise CheckpointError(f"{p}: truncated or damaged ({first[:200]})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
             or not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{p}: not a training checkpoint of this project "
