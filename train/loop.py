@@ -256,6 +256,11 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
             step += 1
             log.step(step, terms, lr=lr, samples=cfg.optim.batch_size, data_s=data_s,
                      step_s=time.perf_counter() - t0)
+            if d.is_main and cfg.train.image_every:  # Fig. 3-style PNG (train/recon_figure.py)
+                from train.recon_figure import maybe_save_reconstructions
+
+                maybe_save_reconstructions(step, cfg.train.image_every, model, batch, run_dir,
+                                           log, view=loader.dataset.view)
             end_of_epoch = step == (epoch + 1) * spe
             if cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0 and not end_of_epoch:
                 last_path = checkpoint()

@@ -205,7 +205,8 @@ class MAViL(nn.Module):
 
         Returns ``{modality}_masked`` (input with removed patches zeroed), ``{modality}_pred``
         (decoder output for every patch; norm-pix predictions are mapped back with each
-        patch's own mean / std) and ``{modality}_pasted`` (visible input + predicted patches).
+        patch's own mean / std), ``{modality}_pasted`` (visible input + predicted patches) and
+        ``{modality}_removed`` (1 where a patch was removed, in input layout).
         """
         if self.target != "raw":
             raise RuntimeError("only a raw-target (stage-1) MAViL reconstructs its inputs")
@@ -222,6 +223,7 @@ class MAViL(nn.Module):
             result[f"{name}_masked"] = embed.unpatchify(patches * (1 - removed))
             result[f"{name}_pred"] = embed.unpatchify(pred)
             result[f"{name}_pasted"] = embed.unpatchify(patches * (1 - removed) + pred * removed)
+            result[f"{name}_removed"] = embed.unpatchify(removed.expand_as(patches).float())
         return result
 
 
