@@ -69,7 +69,7 @@ def test_stage2_chain_and_finetune(train_store: str, stage1: Path) -> None:  # n
     student, cfg = load_trained(root / "s2b")
     assert isinstance(student, MAViL) and student.target == "features"
     assert cfg["stage"] == "stage2" and cfg["stage2"]["iteration"] == 2
-    assert cfg["stage2"]["chain"] == [str((stage1 / "checkpoints" / "step_00000018.pt")),
+    assert cfg["stage2"]["chain"] == [str(stage1 / "checkpoints" / "step_00000018.pt"),
                                       str(root / "s2a" / "checkpoints" / "step_00000002.pt")]
     assert _summary(root / "s2b")["teacher_chain"] == cfg["stage2"]["chain"]
     # the student was re-initialised (its own seed), not copied from its teacher

@@ -53,6 +53,7 @@ class DataConfig:
     samples_per_epoch: int | None = None  # balanced: draws per epoch (AS-2M: 200,000)
     view: str = "mavil_pretrain"        # a store.views.presets name
     norm: str = "audiomae"              # normalisation preset (store/views/norm.py) or "store"
+    norm_values: dict[str, Any] = field(default_factory=dict)  # filled: {name, mean, std, scale}
     audio_frames: int = 1024
     video_size: int = 224
     num_frames: int = 8

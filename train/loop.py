@@ -47,10 +47,7 @@ class TrainingError(RuntimeError):
 
 
 def _logger(run_dir: Path, rank: int, start_step: int, log_every: int) -> Any:
-    try:
-        from train.observe import make_logger  # TensorBoard, metrics.jsonl, tqdm, summary
-    except ImportError:  # until train/observe.py lands
-        from train._log_fallback import make_logger
+    from train.observe import make_logger  # TensorBoard, metrics.jsonl, tqdm, summary
 
     return make_logger(run_dir, rank, start_step=start_step, log_every=log_every)
 
@@ -118,6 +115,8 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
     if cfg.stage == "finetune":
         cfg.model.inputs = MODE_INPUTS[cfg.finetune.mode]
     loader = build_loader(cfg, store, d.rank, d.world_size, num_classes)
+    audio_view = loader.dataset.view.audio
+    cfg.data.norm_values = audio_view.norm.to_dict() if audio_view is not None else {}
     accum = accumulation(cfg.optim.batch_size, cfg.data.batch_size, d.world_size)
     spe = steps_per_epoch(loader, cfg.data.batch_size, accum)
     if spe < 1:
@@ -221,7 +220,7 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
                         torch.autocast(d.device.type, amp_dtype or torch.float32,
                                        enabled=amp_dtype is not None):
                     if cfg.stage == "finetune":  # classifiers take audio= / video=
-                        logits = forward_model(**dict(zip(cfg.model.inputs, inputs)))
+                        logits = forward_model(**dict(zip(cfg.model.inputs, inputs, strict=True)))
                         out = {"loss": loss_fn(logits, batch["label"].to(d.device))}
                     else:
                         out = forward_model(*inputs)

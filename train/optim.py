@@ -2,10 +2,10 @@
 
 Hyper-parameters by ``optim.preset``:
 
-| preset        | betas         | weight decay                      | source                        |
-| ------------- | ------------- | --------------------------------- | ----------------------------- |
-| table10       | (0.9, 0.95)   | 1e-5 (every column)               | MAViL Table 10                |
-| audiomae_code | PT (0.9, 0.95), FT (0.9, 0.999) | PT 1e-4, FT 5e-4 | AudioMAE main_pretrain.py / main_finetune_as.py and run scripts |
+- ``table10``: betas (0.9, 0.95), weight decay 1e-5, every column (MAViL Table 10).
+- ``audiomae_code``: pre-training betas (0.9, 0.95) and weight decay 1e-4, fine-tuning
+  torch's default betas (0.9, 0.999) and weight decay 5e-4 - the AudioMAE code and run
+  scripts as the trainer issue reads them (main_pretrain.py / main_finetune_as.py).
 
 (``optim.betas`` / ``optim.weight_decay`` set in a recipe win over the preset.)
 
@@ -35,7 +35,7 @@ from torch import nn
 
 _TOKENS = ("cls_token", "mask_token", "bottleneck", "modality_a", "modality_v",
            "mask_token_a", "mask_token_v")
-_BLOCK = re.compile(r"(?:^|\.)(?:audio_encoder|video_encoder|encoder)?\.?blocks(?:_[a-z])?\.(\d+)\.")
+_BLOCK = re.compile(r"(?:^|\.)blocks(?:_[a-z])?\.(\d+)\.")  # encoder block i (CAV-MAE: blocks_a)
 _EMBED = ("patch_embed", "cls_token", "pos_embed")
 
 
