@@ -135,6 +135,8 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
     cfg.optim.lr = optim.peak_lr(cfg.optim.base_lr, cfg.optim.batch_size)
     cfg.meta.world_size, cfg.meta.accum_steps, cfg.meta.steps_per_epoch = d.world_size, accum, spe
     model.to(d.device)
+    if not (cfg.stage == "finetune" and cfg.finetune.mode == "av"):
+        cfg.optim.video_lr_scale = 1.0  # the 0.5 of B.3 is for audio+video fine-tuning only
     optimizer = optim.build_optimizer(model, cfg.optim, cfg.stage)
     amp_dtype = _precision(cfg, d.device)
     scaler = torch.amp.GradScaler(d.device.type, enabled=amp_dtype == torch.float16)

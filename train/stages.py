@@ -48,22 +48,18 @@ FINETUNE_MODELS = {
 MODE_INPUTS = {"audio": ["audio"], "video": ["video"], "av": ["audio", "video"]}
 
 
-def _mavil_family(name: str) -> bool:
-    return name.startswith("mavil") or name in ("audio_mae", "video_mae")
+def _input_keys(name: str) -> tuple[str, ...]:
+    """The input-size kwargs a model family takes (CAV-MAE: one frame, no num_frames)."""
+    return ("audio_size", "img_size") if name.startswith("cav_mae") else _INPUT_KEYS
 
 
 def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """The recipe's model kwargs, with the MAViL family's input sizes from ``data``."""
+    """The recipe's model kwargs, with the input sizes from ``data`` (one place sets them)."""
     kw = dict(OmegaConf.to_container(cfg.model.kwargs, resolve=True))
-    if _mavil_family(cfg.model.name):
-        d = cfg.data
-        kw.update(audio_size=[d.audio_frames, 128], img_size=d.video_size)
-        if cfg.model.name != "audio_mae":
-            kw["num_frames"] = d.num_frames
-        if cfg.model.name == "audio_mae":
-            kw.pop("img_size")
-        if cfg.model.name == "video_mae":
-            kw.pop("audio_size")
+    d = cfg.data
+    sizes = {"audio_size": [d.audio_frames, 128], "img_size": d.video_size,
+             "num_frames": d.num_frames}
+    kw.update({k: sizes[k] for k in _input_keys(cfg.model.name)})
     return kw
 
 
