@@ -100,7 +100,8 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
 def build_optimizer(model: nn.Module, cfg: Any, stage: str) -> torch.optim.AdamW:
     betas, wd = resolve_hparams(cfg, stage)
     groups = param_groups(model, wd, cfg.layer_decay, cfg.video_lr_scale, cfg.decay_tokens)
-    return torch.optim.AdamW(groups, lr=float(cfg.lr), betas=betas, weight_decay=wd)
+    lr = cfg.lr if cfg.lr is not None else peak_lr(cfg.base_lr, cfg.batch_size)
+    return torch.optim.AdamW(groups, lr=float(lr), betas=betas, weight_decay=wd)
 
 
 def peak_lr(base_lr: float, batch_size: int) -> float:
