@@ -3,8 +3,9 @@
     uv run python -m train.bench_models --stage 1 --size base --batch 64
     uv run python -m train.bench_models --stage both --size tiny --batch 4   # CPU fallback
 
-Every figure is paired with a baseline measured in the same run on the same inputs: the same
-step with PyTorch's unfused "math" attention backend (which builds the L x L score matrices).
+Every figure is paired with baselines measured in the same run on the same inputs: the same
+bf16 step with PyTorch's unfused "math" attention backend (which builds the L x L score
+matrices), and the fp32 eager step (no autocast, math attention; the issue's baseline).
 ``--stage 2`` times the full stage-2 step: frozen teacher forward on the complete view
 (1,296 tokens at ViT-B input sizes) plus the student step. Inputs are random tensors of the
 real shapes ([B,1,1024,128] audio, [B,8,3,224,224] video): this measures the model, not the
@@ -24,9 +25,9 @@ from train.models import build_model
 
 
 def _step_fn(model: torch.nn.Module, opt: torch.optim.Optimizer, audio: torch.Tensor,
-             video: torch.Tensor, device_type: str) -> Callable[[], None]:
+             video: torch.Tensor, device_type: str, bf16: bool = True) -> Callable[[], None]:
     def step() -> None:
-        with torch.autocast(device_type, dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             out = model(audio, video)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -56,12 +57,14 @@ def bench_stage(stage: int, size: str, batch: int, steps: int, warmup: int,
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=None)
     audio = torch.randn(batch, 1, 1024, 128, device=device)
     video = torch.randn(batch, 8, 3, 224, 224, device=device)
-    step = _step_fn(model, opt, audio, video, device.type)
     result = {}
-    for label, backends in [
-        ("fused", [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]),
-        ("math", [SDPBackend.MATH]),
+    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    for label, backends, bf16 in [
+        ("fused", fused, True),
+        ("math", [SDPBackend.MATH], True),
+        ("fp32_eager", [SDPBackend.MATH], False),  # no autocast, unfused attention
     ]:
+        step = _step_fn(model, opt, audio, video, device.type, bf16)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         with sdpa_kernel(backends):
@@ -94,12 +97,13 @@ def main(argv: list[str] | None = None) -> None:
     stages = [1, 2] if args.stage == "both" else [int(args.stage)]
     for stage in stages:
         r = bench_stage(stage, size, batch, args.steps, args.warmup, device)
-        (fused, mem_f), (math, mem_m) = r["fused"], r["math"]
+        (fused, mem_f), (math, mem_m), (fp32, mem_32) = r["fused"], r["math"], r["fp32_eager"]
         what = "masked student step" if stage == 1 else "teacher (complete view) + student step"
         print(
-            f"stage {stage} ({what}): {fused:8.1f} samples/s fused SDPA (peak {mem_f:.1f} GiB) | "
-            f"baseline math attention {math:8.1f} samples/s (peak {mem_m:.1f} GiB) | "
-            f"ratio {fused / math:.2f}x"
+            f"stage {stage} ({what}): {fused:8.1f} samples/s bf16 + fused SDPA (peak "
+            f"{mem_f:.1f} GiB) | bf16 + math attention {math:8.1f} samples/s (peak {mem_m:.1f} "
+            f"GiB) | fp32 eager {fp32:8.1f} samples/s (peak {mem_32:.1f} GiB) | fused vs math "
+            f"{fused / math:.2f}x, bf16 + SDPA vs fp32 eager {fused / fp32:.2f}x"
         )
 
 
