@@ -125,16 +125,31 @@ def list_parts(fs: Any, root: str) -> dict[int, str]:
     return dict(sorted(parts.items()))
 
 
-def read_index(fs: Any, root: str, shards: Iterable[int] | None = None) -> pa.Table:
+def read_index(fs: Any, root: str, shards: Iterable[int] | None = None,
+               unreadable: dict[str, str] | None = None) -> pa.Table:
     """All committed parts, in shard order; an empty table with the schema if none.
     ``shards``: read only these shards' parts (a shard task on a 2 M-clip store must not
-    read 2,000 parts); a part that is not committed is a StoreError."""
+    read 2,000 parts); a part that is not committed is a StoreError.
+    ``unreadable``: collect parts that exist but cannot be read into this dict (path ->
+    reason, with the rebuild advice) and return the others, instead of raising."""
     if shards is None:
         paths = list(list_parts(fs, root).values())
     else:
         paths = [join(root, part_name(int(s))) for s in sorted(set(shards))]
+
+    def read(path: str) -> pa.Table | None:
+        if unreadable is None:
+            return read_part(fs, path)
+        try:
+            return read_part(fs, path)
+        except StoreError as exc:
+            if shards is not None and not fs.exists(path):
+                raise
+            unreadable[path] = str(exc)
+            return None
+
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(paths)))) as pool:
-        tables = list(pool.map(lambda p: read_part(fs, p), paths))  # Arrow drops the GIL
+        tables = [t for t in pool.map(read, paths) if t is not None]  # Arrow drops the GIL
     if not tables:
         return INDEX_SCHEMA.empty_table()
     return pa.concat_tables(tables).replace_schema_metadata(None)
