@@ -9,6 +9,7 @@ The parts can be read without our code, e.g. duckdb ``read_parquet('STORE/index/
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,8 @@ INDEX_DIR = "index"
 SHARDS_DIR = "shards"
 LABELS_FILE = "labels.parquet"
 PART_RE = re.compile(r"^(\d+)\.parquet$")
+SUPERSEDED_KEY = b"mavil_store.superseded"
+MANIFEST_KEY = b"mavil_store.manifest"
 SHARD_FILE_RE = re.compile(r"^shards/\d+-[0-9a-f]+\.(zarr|h5)$")
 
 INDEX_SCHEMA = pa.schema([
@@ -68,10 +71,19 @@ def part_name(shard_id: int) -> str:
     return f"{INDEX_DIR}/{shard_id:06d}.parquet"
 
 
-def make_part(rows: list[dict[str, Any]], shard_id: int, shard_file: str) -> pa.Table:
+def make_part(rows: list[dict[str, Any]], shard_id: int, shard_file: str,
+              superseded: dict[str, float] | None = None, manifest: str = "") -> pa.Table:
+    """One shard's index part. Schema metadata: the shard id and data file, the data files
+    of earlier commits still kept for older readers (``superseded``) and the fingerprint
+    of the manifest whose build committed it (``manifest``; FORMAT.md)."""
     table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
     meta = {b"mavil_store.shard": str(shard_id).encode(),
             b"mavil_store.shard_file": shard_file.encode()}
+    if superseded:
+        meta[SUPERSEDED_KEY] = json.dumps(
+            [{"file": f, "since": t} for f, t in sorted(superseded.items())]).encode()
+    if manifest:
+        meta[MANIFEST_KEY] = manifest.encode()
     return table.replace_schema_metadata(meta)
 
 
@@ -107,7 +119,23 @@ def read_part(fs: Any, path: str) -> pa.Table:
     missing = [n for n in INDEX_SCHEMA.names if n not in table.column_names]
     if missing:
         raise StoreError(f"index part {path} lacks columns {missing}; {rebuild_hint(path)}")
-    return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+    meta = table.schema.metadata
+    return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA).replace_schema_metadata(meta)
+
+
+def superseded_files(table: pa.Table) -> dict[str, float]:
+    """{data file: unix time it was replaced} recorded in an index part's metadata: data
+    files of earlier commits of the shard, kept so readers of older snapshots can finish
+    (FORMAT.md "Commit rule"); `pipeline verify --fix` removes them after the grace."""
+    raw = (table.schema.metadata or {}).get(SUPERSEDED_KEY)
+    if not raw:
+        return {}
+    try:
+        entries = json.loads(raw)
+        return {str(e["file"]): float(e["since"]) for e in entries
+                if SHARD_FILE_RE.match(str(e["file"]))}
+    except (ValueError, TypeError, KeyError):
+        return {}
 
 
 def list_parts(fs: Any, root: str) -> dict[int, str]:

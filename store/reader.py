@@ -165,8 +165,10 @@ class Store:
                 self._pos.setdefault(c, i)
         pos = self._pos.get(key)
         if pos is None:
+            left_out = "".join(f"; it may be in a shard left out: {r}"
+                               for r in self.unreadable_parts.values())
             raise StoreError(f"unknown clip id {key!r} in store {self.path}; check "
-                             "Store.index() for the ids it holds")
+                             f"Store.index() for the ids it holds{left_out}")
         return pos
 
     # -- clips ----------------------------------------------------------------------------
