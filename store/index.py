@@ -27,6 +27,7 @@ LABELS_FILE = "labels.parquet"
 PART_RE = re.compile(r"^(\d+)\.parquet$")
 SUPERSEDED_KEY = b"mavil_store.superseded"
 MANIFEST_KEY = b"mavil_store.manifest"
+DATA_NAME_RE = re.compile(r"^(\d+)-[0-9a-f]+\.(zarr|h5)$")  # a data file's name in shards/
 SHARD_FILE_RE = re.compile(r"^shards/\d+-[0-9a-f]+\.(zarr|h5)$")
 
 INDEX_SCHEMA = pa.schema([
@@ -87,12 +88,30 @@ def make_part(rows: list[dict[str, Any]], shard_id: int, shard_file: str,
     return table.replace_schema_metadata(meta)
 
 
-def write_part(fs: Any, root: str, shard_id: int, table: pa.Table) -> str:
-    """Write one index part in one step (this is the shard's commit)."""
+def part_bytes(table: pa.Table) -> bytes:
+    """An index part as the Parquet file bytes written to index/NNNNNN.parquet."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def parse_part(data: bytes) -> pa.Table:
+    """Index part bytes -> the table (schema metadata kept); ValueError if unusable."""
+    try:
+        table = pq.read_table(pa.BufferReader(data), use_threads=False)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(str(exc)) from exc
+    missing = [n for n in INDEX_SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"lacks columns {missing}")
+    meta = table.schema.metadata
+    return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA).replace_schema_metadata(meta)
+
+
+def write_part(fs: Any, root: str, shard_id: int, table: pa.Table | bytes) -> str:
+    """Write one index part in one step (this is the shard's commit)."""
     path = join(root, part_name(shard_id))
-    atomic_write_bytes(fs, path, buf.getvalue())
+    atomic_write_bytes(fs, path, table if isinstance(table, bytes) else part_bytes(table))
     return path
 
 

@@ -9,7 +9,6 @@ when it was replaced). A data file whose own index part is damaged is never an o
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from store.backends import get_backend
 from store.backends.fs import join, remove, resolve
 from store.errors import StoreError, rebuild_hint
 from store.index import (
+    DATA_NAME_RE,
     INDEX_DIR,
     LABELS_FILE,
     PART_RE,
@@ -36,7 +36,6 @@ from store.records import OK, clip_checksum
 from store.writer import read_spec
 
 BATCH = 32  # clips read per backend call
-DATA_NAME_RE = re.compile(r"^(\d+)-[0-9a-f]+\.(zarr|h5)$")
 
 
 @dataclass
@@ -226,11 +225,11 @@ def _find_orphans(fs: Any, root: str, named: set[str], superseded: dict[str, flo
 def _damaged_part_advice(shard_id: int, rel: str) -> str:
     part = part_name(shard_id)
     return (f"{rel} is kept, not an orphan: its index part {part} is damaged, and it may be "
-            f"the only copy of shard {shard_id}'s features. Recover: restore {part} from a "
-            "backup, or rebuild the part from this file and the manifest with the same "
-            "`pipeline build...` command plus --recover-index (FORMAT.md \"Recovering an "
-            "index part\"); or drop the shard: delete " + part + " and run the build again "
-            "(it re-processes the shard from its media)")
+            f"the only copy of shard {shard_id}'s features. Recover the part from the copy "
+            "this file carries: `pipeline verify STORE --recover-index` (FORMAT.md "
+            f"\"Recovering an index part\"); or restore {part} from a backup; or drop the "
+            f"shard: delete {part} and run the same `pipeline build...` command again (it "
+            "re-processes the shard from its media)")
 
 
 def _orphan(fs: Any, entry: str, rel: str, report: VerifyReport, fix: bool, old: bool

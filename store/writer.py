@@ -29,6 +29,7 @@ from store.index import (
     SHARDS_DIR,
     list_parts,
     make_part,
+    part_bytes,
     part_name,
     read_part,
     superseded_files,
@@ -129,18 +130,22 @@ class StoreWriter:
         ok = [r for r in records if r.status == OK]
         data, rows, sums = self._pack(shard_id, ok)
         old_file, superseded = self._committed_file(shard_id)
-        shard_file, nbytes = "", 0
+        if old_file:
+            superseded[old_file] = time.time()
+        shard_file = ""
         if ok:
             shard_file = f"{SHARDS_DIR}/{shard_id:06d}-{token()}{self.backend.suffix}"
+        superseded.pop(shard_file, None)
+        part = part_bytes(make_part(self._rows(records, shard_id, shard_file, rows, sums, data),
+                                    shard_id, shard_file, superseded))
+        nbytes = 0
+        if ok:
+            data.index_part = part  # the data file carries its own index part (recovery)
             path = join(self.root, shard_file)
             self.backend.write(self.fs, path, data, _test_hold)
             nbytes = size_on_disk(self.fs, path)
         _test_hold("commit")  # data complete, index part not yet written
-        if old_file and old_file != shard_file:
-            superseded[old_file] = time.time()
-        table = make_part(self._rows(records, shard_id, shard_file, rows, sums, data),
-                          shard_id, shard_file, superseded)
-        write_part(self.fs, self.root, shard_id, table)
+        write_part(self.fs, self.root, shard_id, part)
         _test_hold("cleanup")  # committed
         return {"shard": shard_id, "clips": len(records), "ok": len(ok),
                 "failed": len(records) - len(ok), "bytes": nbytes, "shard_file": shard_file}
