@@ -41,6 +41,7 @@ class ShardJob:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     jpeg_encoder: str = "pil"
     retry_failed: bool = False
+    claim: str = ""  # store.shard_fingerprint of the clips: commit refused if it differs
 
 
 def _maybe_crash(done: int, total: int) -> None:
@@ -125,6 +126,8 @@ def process_shard(job: ShardJob) -> dict[str, Any]:
     torch.set_num_threads(1)
     t0, ru0 = time.perf_counter(), _cpu()
     writer = open_writer(job.store)
+    if job.claim:  # another build took the store: refuse before any work
+        writer.check_claim(job.shard_id, job.claim)
     spec = writer.spec
     opts = decode_options(spec, job.decode)
     keep: dict[str, ClipRecord] = {}
@@ -136,7 +139,7 @@ def process_shard(job: ShardJob) -> dict[str, Any]:
     for i, clip in enumerate(job.clips):
         _maybe_crash(i, len(job.clips))
         records.append(keep.get(clip.clip_id) or process_clip(clip, spec, job, opts))
-    summary = writer.write_shard(job.shard_id, records)
+    summary = writer.write_shard(job.shard_id, records, claim=job.claim)
     if os.environ.get(DELAY_ENV):
         time.sleep(float(os.environ[DELAY_ENV]))
     counts: dict[str, int] = {}
@@ -152,7 +155,7 @@ def failure_shard(job: ShardJob, reason: str) -> dict[str, Any]:
     """Commit a shard whose task could not finish: every clip gets status ``error``."""
     writer = open_writer(job.store)
     records = [failed_record(c, "error", reason) for c in job.clips]
-    summary = writer.write_shard(job.shard_id, records)
+    summary = writer.write_shard(job.shard_id, records, claim=job.claim)
     summary.update(statuses={"error": len(records)}, reprocessed=len(records), wall_s=0.0,
                    cpu_s=0.0)
     return summary

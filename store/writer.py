@@ -14,17 +14,21 @@ names, so concurrent processes never conflict.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from store.backends import ShardData, get_backend
-from store.backends.fs import atomic_write_bytes, join, resolve, size_on_disk, token
-from store.errors import StoreError
+from store.backends.fs import atomic_write_bytes, is_local, join, resolve, size_on_disk, token
+from store.errors import StoreConflict, StoreError
 from store.index import (
+    MANIFEST_KEY,
     SHARD_FILE_RE,
     SHARDS_DIR,
     list_parts,
@@ -39,6 +43,7 @@ from store.index import (
 from store.records import OK, ClipRecord, clip_checksum
 from store.spec import STORE_JSON, StoreSpec
 
+MANIFEST_JSON = "manifest.json"  # the build's claim: which clips each shard id holds
 HOLD_ENV = "MAVIL_STORE_TEST_HOLD"  # "phase:marker_path": tests kill a writer mid-shard
 
 
@@ -88,6 +93,21 @@ def _comparable(spec: StoreSpec) -> dict[str, Any]:
     return d
 
 
+def shard_fingerprint(clip_ids: Sequence[str]) -> str:
+    """What a shard id stands for in a build: blake2b-64 (hex) of its clip ids, in order."""
+    h = hashlib.blake2b(digest_size=8)
+    for cid in clip_ids:
+        h.update(cid.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()
+
+
+def _conflict_message(path: str, shard_id: int | None = None) -> str:
+    where = f"shard {shard_id} of " if shard_id is not None else ""
+    return (f"{where}{path} is being built, or was built, from another manifest (other clip "
+            f"ids per shard; {MANIFEST_JSON} records them); a store holds one manifest's "
+            "clips: use another --out, or run the same manifest")
+
+
 def open_writer(path: str) -> StoreWriter:
     fs, root = resolve(path)
     return StoreWriter(fs, root, read_spec(fs, root))
@@ -109,12 +129,80 @@ class StoreWriter:
             raise StoreError(f"shard {shard_id} is not committed ({path} does not exist)")
         return read_part(self.fs, path)
 
+    # -- the manifest claim (FORMAT.md "Concurrent builds") -----------------------------
+    def claim_manifest(self, shards: Sequence[str], description: str = "") -> None:
+        """Record that this store holds ``shards`` (one shard_fingerprint per shard id, in
+        order), or check that the recorded claim agrees: every shard id both name must
+        stand for the same clips (a longer manifest that extends the claim replaces it).
+        StoreConflict otherwise. Locally the first claim is created exclusively (link), so
+        of two builds that start together exactly one wins; on object stores it is
+        check-then-write and the check at each commit (``write_shard(claim=...)``) is what
+        refuses the later build."""
+        path = join(self.root, MANIFEST_JSON)
+        mine = {"shards": list(shards), "shard_size": self.spec.shard_size,
+                "description": description}
+        text = (json.dumps(mine, indent=1) + "\n").encode()
+        if not self._create_exclusive(path, text):
+            old = self._claimed_shards()
+            n = min(len(old), len(shards))
+            if old[:n] != list(shards)[:n]:
+                raise StoreConflict(_conflict_message(path.rsplit("/", 1)[0]))
+            if len(shards) > len(old):
+                atomic_write_bytes(self.fs, path, text)
+        if self._claimed_shards()[:len(shards)] != list(shards):  # lost a write race
+            raise StoreConflict(_conflict_message(path.rsplit("/", 1)[0]))
+
+    def check_claim(self, shard_id: int, claim: str) -> None:
+        """StoreConflict unless the store's claim says shard ``shard_id`` is ``claim``."""
+        claimed = self._claimed_shards()
+        if shard_id >= len(claimed) or claimed[shard_id] != claim:
+            raise StoreConflict(_conflict_message(self.root, shard_id))
+
+    def _claimed_shards(self) -> list[str]:
+        path = join(self.root, MANIFEST_JSON)
+        try:
+            with self.fs.open(path, "rb") as f:
+                data = json.loads(f.read())
+            shards = data["shards"]
+        except FileNotFoundError:
+            return []
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{path} is damaged ({exc}); it records which clips each "
+                             "shard holds: delete it and re-run the build that made this "
+                             "store to write it again") from exc
+        if not isinstance(shards, list) or not all(isinstance(x, str) for x in shards):
+            raise StoreError(f"{path}: field 'shards' must be a list of strings")
+        return shards
+
+    def _create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create ``path`` holding ``data`` unless it exists; whether this call made it."""
+        if is_local(self.fs):
+            tmp = f"{path}.tmp-{token()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # atomic, fails if the name exists (also on NFS)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        if self.fs.exists(path):
+            return False
+        self.fs.pipe_file(path, data)
+        return True
+
     def set_stats(self, stats: dict[str, Any]) -> None:
         self.spec.stats = dict(stats)
         atomic_write_bytes(self.fs, join(self.root, STORE_JSON), self.spec.to_json().encode())
 
-    def write_shard(self, shard_id: int, records: list[ClipRecord]) -> dict[str, Any]:
-        """Write and commit one shard atomically, replacing a previous commit whole."""
+    def write_shard(self, shard_id: int, records: list[ClipRecord], claim: str = ""
+                    ) -> dict[str, Any]:
+        """Write and commit one shard atomically, replacing a previous commit whole.
+        ``claim`` (a build's shard_fingerprint): refuse (StoreConflict) unless the store's
+        manifest claim and the commit being replaced stand for these same clips."""
         if not isinstance(shard_id, int | np.integer) or shard_id < 0:
             raise StoreError(f"shard id must be a non-negative int, got {shard_id!r}")
         shard_id = int(shard_id)
@@ -127,9 +215,13 @@ class StoreWriter:
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise StoreError(f"shard {shard_id}: duplicate clip ids {dup[:5]}")
+        if claim and shard_fingerprint(ids) != claim:
+            raise StoreError(f"shard {shard_id}: records are not the clips of claim {claim}")
         ok = [r for r in records if r.status == OK]
         data, rows, sums = self._pack(shard_id, ok)
-        old_file, superseded = self._committed_file(shard_id)
+        if claim:
+            self.check_claim(shard_id, claim)
+        old_file, superseded = self._committed_file(shard_id, claim)
         if old_file:
             superseded[old_file] = time.time()
         shard_file = ""
@@ -137,7 +229,7 @@ class StoreWriter:
             shard_file = f"{SHARDS_DIR}/{shard_id:06d}-{token()}{self.backend.suffix}"
         superseded.pop(shard_file, None)
         part = part_bytes(make_part(self._rows(records, shard_id, shard_file, rows, sums, data),
-                                    shard_id, shard_file, superseded))
+                                    shard_id, shard_file, superseded, claim))
         nbytes = 0
         if ok:
             data.index_part = part  # the data file carries its own index part (recovery)
@@ -150,9 +242,10 @@ class StoreWriter:
         return {"shard": shard_id, "clips": len(records), "ok": len(ok),
                 "failed": len(records) - len(ok), "bytes": nbytes, "shard_file": shard_file}
 
-    def _committed_file(self, shard_id: int) -> tuple[str, dict[str, float]]:
+    def _committed_file(self, shard_id: int, claim: str = "") -> tuple[str, dict[str, float]]:
         """The data file the current commit of a shard names ("" if none), and the
-        superseded files it records that still exist (carried into the next commit)."""
+        superseded files it records that still exist (carried into the next commit).
+        With ``claim``: StoreConflict if that commit holds other clips."""
         path = join(self.root, part_name(shard_id))
         if not self.fs.exists(path):
             return "", {}
@@ -160,6 +253,11 @@ class StoreWriter:
             table = read_part(self.fs, path)
         except StoreError:
             return "", {}  # a damaged old part: verify keeps its data file and says so
+        if claim:
+            theirs = (table.schema.metadata or {}).get(MANIFEST_KEY, b"").decode() or \
+                shard_fingerprint(table["clip_id"].to_pylist())
+            if theirs != claim:
+                raise StoreConflict(_conflict_message(self.root, shard_id))
         names = table["shard_file"].to_pylist()
         name = next((n for n in names if n), "")
         kept = {f: t for f, t in superseded_files(table).items()
