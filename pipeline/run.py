@@ -37,6 +37,7 @@ from store import (
     shard_fingerprint,
 )
 from store.backends.fs import resolve
+from store.claim import claim_store
 
 
 @dataclass
@@ -83,9 +84,8 @@ def plan_jobs(writer: StoreWriter, specs: list[ClipSpec], opts: BuildOptions
     jobs, skipped = [], 0
     plan = shard_plan(specs, writer.spec.shard_size)
     # refuse up front if another manifest claims this store (FORMAT.md "Concurrent builds")
-    claims = [shard_fingerprint([c.clip_id for c in clips]) for clips in plan]
-    writer.claim_manifest(claims, f"{len(specs)} clips, first {specs[0].clip_id!r}"
-                          if specs else "empty")
+    claims = shard_claims(specs, writer.spec.shard_size)
+    writer.claim_manifest(claims, _describe(specs))
     for shard_id, clips in enumerate(plan):
         job = ShardJob(opts.out, shard_id, clips, opts.source, opts.decode, opts.jpeg_encoder,
                        claim=claims[shard_id])
@@ -103,10 +103,24 @@ def plan_jobs(writer: StoreWriter, specs: list[ClipSpec], opts: BuildOptions
     return jobs, skipped
 
 
+def shard_claims(specs: list[ClipSpec], shard_size: int) -> list[str]:
+    """The store's manifest claim for this manifest: one fingerprint per planned shard."""
+    return [shard_fingerprint([c.clip_id for c in clips])
+            for clips in shard_plan(specs, shard_size)]
+
+
+def _describe(specs: list[ClipSpec]) -> str:
+    return f"{len(specs)} clips, first {specs[0].clip_id!r}" if specs else "no clips"
+
+
 def build(specs: list[ClipSpec], rejects: list[Reject], vocabulary: pa.Table,
           opts: BuildOptions, vocab_name: str = "custom") -> dict[str, Any]:
     """Run the whole build; returns (and writes) the run report."""
     t0 = time.time()
+    fs, root = resolve(opts.out)
+    if not fs.exists(f"{root}/store.json"):  # claim first: a refused build writes nothing
+        size = opts.shard_size or 1000
+        claim_store(opts.out, shard_claims(specs, size), size, _describe(specs))
     writer = open_or_create(opts, vocabulary, vocab_name)
     jobs, skipped = plan_jobs(writer, specs, opts)
     statuses: Counter = Counter()

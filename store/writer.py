@@ -14,8 +14,6 @@ names, so concurrent processes never conflict.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -25,7 +23,13 @@ import numpy as np
 import pyarrow as pa
 
 from store.backends import ShardData, get_backend
-from store.backends.fs import atomic_write_bytes, is_local, join, resolve, size_on_disk, token
+from store.backends.fs import atomic_write_bytes, join, resolve, size_on_disk, token
+from store.claim import (
+    check_claim,
+    claim_manifest,
+    conflict_message,
+    shard_fingerprint,
+)
 from store.errors import StoreConflict, StoreError
 from store.index import (
     MANIFEST_KEY,
@@ -43,7 +47,6 @@ from store.index import (
 from store.records import OK, ClipRecord, clip_checksum
 from store.spec import STORE_JSON, StoreSpec
 
-MANIFEST_JSON = "manifest.json"  # the build's claim: which clips each shard id holds
 HOLD_ENV = "MAVIL_STORE_TEST_HOLD"  # "phase:marker_path": tests kill a writer mid-shard
 
 
@@ -93,21 +96,6 @@ def _comparable(spec: StoreSpec) -> dict[str, Any]:
     return d
 
 
-def shard_fingerprint(clip_ids: Sequence[str]) -> str:
-    """What a shard id stands for in a build: blake2b-64 (hex) of its clip ids, in order."""
-    h = hashlib.blake2b(digest_size=8)
-    for cid in clip_ids:
-        h.update(cid.encode("utf-8", "surrogatepass") + b"\0")
-    return h.hexdigest()
-
-
-def _conflict_message(path: str, shard_id: int | None = None) -> str:
-    where = f"shard {shard_id} of " if shard_id is not None else ""
-    return (f"{where}{path} is being built, or was built, from another manifest (other clip "
-            f"ids per shard; {MANIFEST_JSON} records them); a store holds one manifest's "
-            "clips: use another --out, or run the same manifest")
-
-
 def open_writer(path: str) -> StoreWriter:
     fs, root = resolve(path)
     return StoreWriter(fs, root, read_spec(fs, root))
@@ -129,70 +117,12 @@ class StoreWriter:
             raise StoreError(f"shard {shard_id} is not committed ({path} does not exist)")
         return read_part(self.fs, path)
 
-    # -- the manifest claim (FORMAT.md "Concurrent builds") -----------------------------
+    # -- the manifest claim (store/claim.py, FORMAT.md "Concurrent builds") --------------
     def claim_manifest(self, shards: Sequence[str], description: str = "") -> None:
-        """Record that this store holds ``shards`` (one shard_fingerprint per shard id, in
-        order), or check that the recorded claim agrees: every shard id both name must
-        stand for the same clips (a longer manifest that extends the claim replaces it).
-        StoreConflict otherwise. Locally the first claim is created exclusively (link), so
-        of two builds that start together exactly one wins; on object stores it is
-        check-then-write and the check at each commit (``write_shard(claim=...)``) is what
-        refuses the later build."""
-        path = join(self.root, MANIFEST_JSON)
-        mine = {"shards": list(shards), "shard_size": self.spec.shard_size,
-                "description": description}
-        text = (json.dumps(mine, indent=1) + "\n").encode()
-        if not self._create_exclusive(path, text):
-            old = self._claimed_shards()
-            n = min(len(old), len(shards))
-            if old[:n] != list(shards)[:n]:
-                raise StoreConflict(_conflict_message(path.rsplit("/", 1)[0]))
-            if len(shards) > len(old):
-                atomic_write_bytes(self.fs, path, text)
-        if self._claimed_shards()[:len(shards)] != list(shards):  # lost a write race
-            raise StoreConflict(_conflict_message(path.rsplit("/", 1)[0]))
+        claim_manifest(self.fs, self.root, shards, self.spec.shard_size, description)
 
     def check_claim(self, shard_id: int, claim: str) -> None:
-        """StoreConflict unless the store's claim says shard ``shard_id`` is ``claim``."""
-        claimed = self._claimed_shards()
-        if shard_id >= len(claimed) or claimed[shard_id] != claim:
-            raise StoreConflict(_conflict_message(self.root, shard_id))
-
-    def _claimed_shards(self) -> list[str]:
-        path = join(self.root, MANIFEST_JSON)
-        try:
-            with self.fs.open(path, "rb") as f:
-                data = json.loads(f.read())
-            shards = data["shards"]
-        except FileNotFoundError:
-            return []
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"{path} is damaged ({exc}); it records which clips each "
-                             "shard holds: delete it and re-run the build that made this "
-                             "store to write it again") from exc
-        if not isinstance(shards, list) or not all(isinstance(x, str) for x in shards):
-            raise StoreError(f"{path}: field 'shards' must be a list of strings")
-        return shards
-
-    def _create_exclusive(self, path: str, data: bytes) -> bool:
-        """Create ``path`` holding ``data`` unless it exists; whether this call made it."""
-        if is_local(self.fs):
-            tmp = f"{path}.tmp-{token()}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)  # atomic, fails if the name exists (also on NFS)
-                return True
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(tmp)
-        if self.fs.exists(path):
-            return False
-        self.fs.pipe_file(path, data)
-        return True
+        check_claim(self.fs, self.root, shard_id, claim)
 
     def set_stats(self, stats: dict[str, Any]) -> None:
         self.spec.stats = dict(stats)
@@ -257,7 +187,7 @@ class StoreWriter:
             theirs = (table.schema.metadata or {}).get(MANIFEST_KEY, b"").decode() or \
                 shard_fingerprint(table["clip_id"].to_pylist())
             if theirs != claim:
-                raise StoreConflict(_conflict_message(self.root, shard_id))
+                raise StoreConflict(conflict_message(self.root, shard_id))
         names = table["shard_file"].to_pylist()
         name = next((n for n in names if n), "")
         kept = {f: t for f, t in superseded_files(table).items()
