@@ -48,6 +48,7 @@ class VerifyReport:
     orphans: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # data files of damaged index parts
+    superseded: dict[str, float] = field(default_factory=dict)  # replaced file -> when
 
     @property
     def ok(self) -> bool:
@@ -58,7 +59,10 @@ class VerifyReport:
                  f"{self.checked} checksums verified, {len(self.problems)} problems, "
                  f"{len(self.orphans)} orphan files"]
         lines += [f"  PROBLEM {p}" for p in self.problems]
-        lines += [f"  orphan {o}" + (" (removed)" if o in self.removed else "")
+        lines += [f"  orphan {o}" + (" (removed)" if o in self.removed else
+                                     " (replaced by a re-run; kept for older readers until "
+                                     "the grace period has passed)" if o in self.superseded
+                                     else "")
                   for o in self.orphans]
         lines += [f"  kept {k} (its index part is damaged; see the PROBLEM above)"
                   for k in self.kept]
@@ -102,6 +106,7 @@ def verify_store(path: str, fix: bool = False, grace_seconds: float = 3600.0,
         _check_shard(fs, root, backend, spec, shard_id, parts[shard_id], rows, report, bar)
     bar.close()
     superseded = {f: t for table in tables.values() for f, t in superseded_files(table).items()}
+    report.superseded = superseded
     _find_orphans(fs, root, named, superseded, damaged, report, fix, grace_seconds)
     return report
 

@@ -160,3 +160,29 @@ def test_verify_checks_labels_against_the_index(store, tmp_path):
     assert not report.ok
     assert any("has 10 classes, store.json vocabulary says 301" in p for p in report.problems)
     assert any("are not in labels.parquet" in p for p in report.problems)
+
+
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_recover_index_on_an_object_store_picks_the_newest_copy(backend, media_dir):
+    """memory:// takes the object-store paths; a re-run shard has two data files (the old
+    one superseded): recovery takes the newest commit's copy."""
+    import fsspec
+
+    from store.recover import recover_parts
+
+    records = media_records(media_dir, StoreSpec())
+    url, fs = f"memory://recover_{backend}", fsspec.filesystem("memory")
+    try:
+        writer = create_store(url, StoreSpec(backend=backend))
+        writer.write_shard(0, records[:3])
+        newest = writer.write_shard(0, records[:4])["shard_file"]
+        part = f"/recover_{backend}/index/000000.parquet"
+        original = fs.cat(part)
+        fs.pipe(part, b"junk")
+        report = verify_store(url, fix=True, grace_seconds=0, progress=False)
+        assert len(report.kept) == 2 and not report.removed, report.summary()
+        assert recover_parts(url) == [f"index/000000.parquet: recovered from the copy in "
+                                      f"{newest} (4 clips)"]
+        assert fs.cat(part) == original and verify_store(url, progress=False).ok
+    finally:
+        fs.rm(f"/recover_{backend}", recursive=True)
