@@ -53,18 +53,6 @@ def _open(store: str | Store) -> Store:
     return store if isinstance(store, Store) else open_store(str(store))
 
 
-def fbank_stats(store: str | Store) -> dict[str, float]:
-    """{"mean", "std"} for make_view: the store's own stats (store.json "stats", computed by
-    the pipeline on its training split), else Table 10's AudioSet values."""
-    from store.views.audio import AUDIOSET_MEAN, AUDIOSET_STD
-
-    stats = _open(store).spec.stats or {}
-    return {
-        "mean": float(stats.get("fbank_mean", AUDIOSET_MEAN)),
-        "std": float(stats.get("fbank_std", AUDIOSET_STD)),
-    }
-
-
 def select_clips(
     store: Store, split: str | Sequence[str] | None = None, require: Sequence[str] = ()
 ) -> pa.Table:
