@@ -302,3 +302,15 @@ def test_sigkilled_runner_takes_its_step_down_and_the_rerun_resumes(tmp_path: Pa
     assert f"resuming from step {killed_at}" in log.read_text()
     summary = json.loads((tmp_path / "work" / "run" / "summary.json").read_text())
     assert summary["trace"] == reference
+
+
+def test_until_stops_after_the_named_step(tmp_path: Path) -> None:
+    wf = load_workflow(make_workflow(tmp_path))
+    lines: list[str] = []
+    assert Runner(wf, echo=lines.append, stream_output=False, until="second").run() == 0
+    assert "stopped after second (--until); 2 run, 0 already done" in lines[-1]
+    assert not (tmp_path / "work" / "run").exists()
+    with pytest.raises(ValueError, match="no step 'third'"):
+        Runner(wf, until="third")
+    rc, lines, _ = run(tmp_path / "wf.yaml")  # the rest, later
+    assert rc == 0 and sum("done already" in ln for ln in lines) == 2

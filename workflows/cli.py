@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", default="python", help="with --address: the cluster's python")
     p.add_argument("--submission-id", help="with --address: the Ray job's id")
     p.add_argument("--quiet", action="store_true", help="progress lines only, no command output")
+    p.add_argument("--until", metavar="STEP", help="stop after this step (e.g. the store only)")
     p.add_argument("--lock-wait", type=float, default=60.0,
                    help="seconds to wait for another runner on the same workdir")
     p.set_defaults(func=cmd_run)
@@ -63,6 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.address:
         from workflows.submit import check_workdir, submit
 
+        if args.until:
+            raise ValueError("--until is for a run here, not with --address")
         raw = parse_sets(args.sets).get("workdir", wf.params["workdir"])
         check_workdir(str(raw))
         return submit(args.address, args.file, args.sets, wait=not args.no_wait,
@@ -73,7 +76,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     def echo(line: str) -> None:
         print(line, flush=True)
 
-    return Runner(wf, echo=echo, stream_output=not args.quiet, lock_wait_s=args.lock_wait).run()
+    return Runner(wf, echo=echo, stream_output=not args.quiet, lock_wait_s=args.lock_wait,
+                  until=args.until).run()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

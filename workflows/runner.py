@@ -94,7 +94,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 class Runner:
     def __init__(self, workflow: Workflow, echo: Echo = print, stream_output: bool = True,
-                 lock_wait_s: float = 60.0) -> None:
+                 lock_wait_s: float = 60.0, until: str | None = None) -> None:
+        if until is not None and until not in [s.name for s in workflow.steps]:
+            raise ValueError(f"--until {until}: {workflow.name} has no step {until!r}")
+        self.until = until
         self.wf = workflow
         self.echo = echo
         self.stream = stream_output
@@ -234,10 +237,13 @@ class Runner:
         t_run = time.time()
         self.state.update(status="running", started=_now())
         self._save()
+        steps = self.wf.steps
+        if self.until:
+            steps = steps[:[s.name for s in steps].index(self.until) + 1]
         n = len(self.wf.steps)
         skipped = 0
         self.echo(f"workflow {self.wf.name}: {n} steps, run log {self.dir / 'state.json'}")
-        for i, step in enumerate(self.wf.steps, 1):
+        for i, step in enumerate(steps, 1):
             tag = f"[{i}/{n}] {step.name}"
             entry = self.state["steps"].setdefault(step.name, {"attempts": 0})
             done, results = self._outputs_done(step)
@@ -283,6 +289,13 @@ class Runner:
                         outputs=entry["outputs"])
             self.echo(f"{tag}: done in {entry['seconds']:.1f} s "
                       f"({'; '.join(c.detail for _, c in results)})")
+        if len(steps) < n:  # --until: the rest stays for a later run
+            self.state.update(status=f"stopped after {self.until}", ended=_now())
+            self._save()
+            self._event(event="until", step=self.until, skipped=skipped)
+            self.echo(f"workflow {self.wf.name}: stopped after {self.until} (--until); "
+                      f"{len(steps) - skipped} run, {skipped} already done")
+            return 0
         self.state.update(status="finished", ended=_now())
         self._save()
         self._event(event="finished", seconds=round(time.time() - t_run, 3), skipped=skipped)
