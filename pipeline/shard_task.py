@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.decode import DecodeOptions, decode_clip
 from pipeline.features import failed_record, record_from_decoded
-from pipeline.manifest import ClipSpec
+from pipeline.manifest import WINDOW_TOLERANCE_S, ClipSpec
 from pipeline.probe import MediaError
 from pipeline.sources import FetchError, SourceConfig, fetch
 from store import ClipRecord, StoreSpec, open_store, open_writer
@@ -63,7 +63,8 @@ def decode_options(spec: StoreSpec, base: DecodeOptions) -> DecodeOptions:
     return DecodeOptions(sample_rate=spec.sample_rate, frame_rate=spec.frame_rate,
                          longer_side=spec.resize_longer_side, max_frames=spec.num_frames,
                          video_output=base.video_output, mjpeg_qscale=base.mjpeg_qscale,
-                         ffmpeg=base.ffmpeg, threads=base.threads, timeout=base.timeout)
+                         ffmpeg=base.ffmpeg, threads=base.threads, timeout=base.timeout,
+                         max_seconds=spec.clip_seconds + WINDOW_TOLERANCE_S)
 
 
 def process_clip(clip: ClipSpec, spec: StoreSpec, job: ShardJob, opts: DecodeOptions
