@@ -20,6 +20,7 @@ from pipeline.features import failed_record, record_from_decoded
 from pipeline.manifest import WINDOW_TOLERANCE_S, ClipSpec
 from pipeline.probe import MediaError
 from pipeline.sources import FetchError, SourceConfig, fetch
+from pipeline.workspace import sweep
 from store import ClipRecord, StoreSpec, open_store, open_writer
 
 # Test hook: "<marker path>[:N]" -> a task that finds a missing marker creates it and
@@ -39,6 +40,9 @@ class ShardJob:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     jpeg_encoder: str = "pil"
     retry_failed: bool = False
+    # clip id -> reason: clips known to kill their worker, recorded as `error` unprocessed
+    # (pipeline/isolation.py finds them)
+    poisoned: dict[str, str] = field(default_factory=dict)
 
 
 def _maybe_crash(done: int, total: int) -> None:
@@ -111,6 +115,8 @@ def process_shard(job: ShardJob) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     t0, ru0 = time.perf_counter(), _cpu()
+    if job.source.download_dir:
+        sweep(job.source.download_dir)  # a killed worker's temporary downloads
     writer = open_writer(job.store)
     spec = writer.spec
     opts = decode_options(spec, job.decode)
@@ -120,6 +126,9 @@ def process_shard(job: ShardJob) -> dict[str, Any]:
     records = []
     for i, clip in enumerate(job.clips):
         _maybe_crash(i, len(job.clips))
+        if clip.clip_id in job.poisoned:
+            records.append(failed_record(clip, "error", job.poisoned[clip.clip_id]))
+            continue
         records.append(keep.get(clip.clip_id) or process_clip(clip, spec, job, opts))
     summary = writer.write_shard(job.shard_id, records)
     if os.environ.get(DELAY_ENV):
@@ -130,6 +139,16 @@ def process_shard(job: ShardJob) -> dict[str, Any]:
     summary.update(statuses=counts, reprocessed=len(records) - len(keep),
                    wall_s=time.perf_counter() - t0, cpu_s=_cpu() - ru0)
     return summary
+
+
+def probe_clips(job: ShardJob) -> dict[str, Any]:
+    """Process the job's clips and commit nothing: a task that dies here names its clip
+    as one that kills its worker (pipeline/isolation.py)."""
+    if job.source.download_dir:
+        sweep(job.source.download_dir)
+    spec = open_writer(job.store).spec
+    opts = decode_options(spec, job.decode)
+    return {"statuses": {c.clip_id: process_clip(c, spec, job, opts).status for c in job.clips}}
 
 
 def failure_shard(job: ShardJob, reason: str) -> dict[str, Any]:
