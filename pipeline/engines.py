@@ -22,6 +22,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -126,23 +127,51 @@ def run_local(task: Task, jobs: list, workers: int, max_retries: int) -> Iterato
             proc.join()
 
 
+@contextmanager
+def engine_session(engine: str, workers: int, address: str | None = None
+                   ) -> Iterator[str | None]:
+    """Keep one cluster up across several ``run_engine`` calls (yields the address to
+    give them): Ray is initialised once, Dask's LocalCluster started once; local: none."""
+    if engine == "ray":
+        with _ray_session(workers, address):
+            yield address
+    elif engine == "dask" and not address:
+        from dask.distributed import LocalCluster
+
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+            yield cluster.scheduler_address
+    else:
+        yield address
+
+
+@contextmanager
+def _ray_session(workers: int, address: str | None) -> Iterator[None]:
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                              "logging_level": logging.ERROR}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # embedded cluster: workers use this interpreter as it is, instead of Ray's
+        # `uv run` hook re-creating the environment in a copy of the working dir
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray.init(num_cpus=workers, object_store_memory=100 * 1024 * 1024, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def run_ray(task: Task, jobs: list, workers: int, max_retries: int,
             address: str | None = None) -> Iterator[tuple]:
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                  "logging_level": logging.ERROR}
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            # embedded cluster: workers use this interpreter as it is, instead of Ray's
-            # `uv run` hook re-creating the environment in a copy of the working dir
-            os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-            ray.init(num_cpus=workers, object_store_memory=100 * 1024 * 1024, **kwargs)
-        started = True
-    try:
+    with _ray_session(workers, address):
         remote = ray.remote(num_cpus=1, max_retries=max_retries,
                             retry_exceptions=max_retries > 0)(task)
         refs = {remote.remote(job): job for job in jobs}
@@ -154,9 +183,6 @@ def run_ray(task: Task, jobs: list, workers: int, max_retries: int,
                     yield refs[ref], ray.get(ref)
                 except Exception as err:  # RayTaskError, WorkerCrashedError, ...
                     yield refs[ref], err
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def run_dask(task: Task, jobs: list, workers: int, max_retries: int,

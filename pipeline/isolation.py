@@ -16,14 +16,23 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-from pipeline.engines import is_worker_death, run_engine
+from pipeline.engines import engine_session, is_worker_death, run_engine
 from pipeline.shard_task import ShardJob, probe_clips, process_shard
 
 
 def run_shards(engine: str, jobs: list[ShardJob], workers: int, max_retries: int = 3,
                address: str | None = None) -> Iterator[tuple[ShardJob, object]]:
     """``run_engine(engine, process_shard, jobs, ...)`` plus poisoned-clip isolation;
-    yields ``(job, summary or exception)`` for every job, once."""
+    yields ``(job, summary or exception)`` for every job, once. One cluster serves the
+    passes."""
+    if not jobs:
+        return
+    with engine_session(engine, workers, address) as addr:
+        yield from _run_isolating(engine, jobs, workers, max_retries, addr)
+
+
+def _run_isolating(engine: str, jobs: list[ShardJob], workers: int, max_retries: int,
+                   address: str | None) -> Iterator[tuple[ShardJob, object]]:
     died: list[tuple[ShardJob, BaseException]] = []
     for job, result in run_engine(engine, process_shard, jobs, workers, max_retries, address):
         if is_worker_death(result):
