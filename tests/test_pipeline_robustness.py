@@ -255,3 +255,15 @@ def test_disallowed_schemes_and_devices_are_refused(tmp_path: Path) -> None:
         assert got[cid] == ("download_error", f"{path} is not a regular file (refused)")
     assert got["nothing"][0] == "not_found"
     assert os.path.exists("/dev/zero")
+
+
+def test_cli_flags_reach_the_source_config(tmp_path: Path) -> None:
+    from pipeline.cli import _options, build_parser
+
+    base = ["build", "--manifest", "m.csv", "--out", str(tmp_path / "s"), "--timeout", "2"]
+    plain = _options(build_parser().parse_args(base)).source
+    assert (plain.deadline, plain.cross_host_redirects) == (None, False)
+    assert plain.timeout == 2.0
+    args = build_parser().parse_args(base + ["--deadline", "7", "--allow-cross-host-redirects"])
+    src = _options(args).source
+    assert (src.deadline, src.cross_host_redirects) == (7.0, True)
