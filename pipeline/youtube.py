@@ -7,7 +7,8 @@ http URL, which is how the tests exercise it offline on 127.0.0.1).
 
 yt-dlp runs in a child process (``python -c _CHILD``, the options as JSON) so that the
 download has a hard wall-clock deadline: past ``download_deadline`` the child's process
-group (yt-dlp and the ffmpeg it runs) is killed. The child also asks the kernel to kill it
+group (yt-dlp and the ffmpeg it runs) is killed; the deadline starts once the child has
+imported yt-dlp (it has ``STARTUP_S`` for that). The child also asks the kernel to kill it
 when its worker dies (``PR_SET_PDEATHSIG``). Redirects inside yt-dlp are yt-dlp's (YouTube
 CDNs are other hosts); the first URL's scheme is checked here. Costs ~0.6 s CPU per clip
 to start the child (importing yt-dlp), small beside a YouTube extraction.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -39,6 +41,8 @@ from pipeline.workspace import workspace
 # Best video <= 360p plus best audio, else the best single file <= 360p; "?" lets formats
 # without a known height (generic URLs) through.
 FORMAT = "bv*[height<=?360]+ba/b[height<=?360]/wv*+ba/w"
+# Seconds the yt-dlp child may take to start (import yt-dlp) before the deadline starts.
+STARTUP_S = 60.0
 
 
 def _status_of(message: str) -> str:
@@ -62,6 +66,8 @@ except Exception:
     pass
 import yt_dlp
 from yt_dlp.utils import download_range_func
+sys.stdout.write("ready\n")
+sys.stdout.flush()
 opts = json.loads(sys.argv[1])
 opts["download_ranges"] = download_range_func(None, [tuple(r) for r in opts.pop("ranges")])
 class Quiet:
@@ -114,12 +120,17 @@ def _ensure_on_path(folder: str) -> None:
         os.environ["PATH"] = os.pathsep.join([folder, *parts])
 
 
-def run_child(args: list[str], deadline_s: float) -> tuple[int, str]:
-    """Run ``args`` in its own process group; kill the whole group past ``deadline_s``.
-    Returns (exit code, stderr); raises ``timeout`` FetchError at the deadline."""
-    with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+def run_child(args: list[str], deadline_s: float, startup_s: float = STARTUP_S
+              ) -> tuple[int, str]:
+    """Run ``args`` in its own process group: it has ``startup_s`` to print its first line
+    (``ready``, once its imports are done), then ``deadline_s`` to finish; past either the
+    whole group is killed and a ``timeout`` FetchError raised. Returns (exit code, stderr)."""
+    with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, start_new_session=True) as proc:
         try:
+            if not select.select([proc.stdout], [], [], startup_s)[0]:
+                raise subprocess.TimeoutExpired(args, startup_s)
+            proc.stdout.readline()  # type: ignore[union-attr]
             _, err = proc.communicate(timeout=deadline_s)
         except subprocess.TimeoutExpired as exc:
             try:
