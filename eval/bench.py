@@ -52,8 +52,8 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any], int], float]:
 
 
 def run_bench(store: str, size: str = "tiny", split: str | None = None, n_clips: int = 8,
-              batch_size: int = 4, repeats: int = 3, device: str | None = None
-              ) -> dict[str, float]:
+              batch_size: int = 4, repeats: int = 3, device: str | None = None,
+              img_size: int = 224) -> dict[str, float]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     st = open_store(store)
     table = select_clips(st, split, require=("audio", "video"))
@@ -62,15 +62,16 @@ def run_bench(store: str, size: str = "tiny", split: str | None = None, n_clips:
     n = min(n_clips, table.num_rows)
     b = min(batch_size, n)
     torch.manual_seed(0)
-    model = build_model("mavil_av_ft", size, num_classes=st.vocabulary.num_rows).eval().to(dev)
+    model = build_model("mavil_av_ft", size, num_classes=st.vocabulary.num_rows,
+                        img_size=img_size).eval().to(dev)
     norm = {**fbank_stats(st), "std_scale": 1.0}
     timed = _timer(dev)
     amp = torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda")
     res: dict[str, float] = {}
 
     def loader(view_name: str) -> DataLoader:
-        ds = ClipDataset(st, make_view(view_name, **norm), split=split, require=("audio",
-                                                                                  "video"))
+        view = make_view(view_name, size=img_size, **norm)
+        ds = ClipDataset(st, view, split=split, require=("audio", "video"))
         return DataLoader(Subset(ds, range(n)), batch_size=b, collate_fn=collate)
 
     batches = {}
@@ -113,8 +114,8 @@ def run_bench(store: str, size: str = "tiny", split: str | None = None, n_clips:
                                                                  + res["fusion1_s"])
     # ten full forwards, the audio re-encoded each time (what the audio-once path saves)
     res["naive_10clip_s"] = 10 * res["audio_s"] + res["video10_s"] + res["fusion10_s"]
-    print(f"evaluate bench: MAViL A+V ({size}) on {dev}, {n} clips of {store}, batch {b}, "
-          f"median of {repeats}")
+    print(f"evaluate bench: MAViL A+V ({size}, {img_size} px) on {dev}, {n} clips of "
+          f"{store}, batch {b}, median of {repeats}")
     print(f"  end to end: {res['clips_per_s_1']:.2f} clips/s 1-clip, "
           f"{res['clips_per_s_10']:.2f} clips/s 10-clip")
     ms = {k: 1e3 * v for k, v in res.items() if k.endswith("_s")}

@@ -45,7 +45,10 @@ def load_model(ckpt: str | Path, want: str) -> tuple[nn.Module, dict[str, Any], 
 
 def check_vocabulary(config: dict[str, Any], store: Store, num_classes: int | None) -> None:
     """The store's classes must be the checkpoint head's classes, in the same order."""
-    mine = [str(m) for m in store.vocabulary["mid"].to_pylist()]
+    vocab = store.vocabulary  # labels.parquet mid in ``index`` order, as the trainer saves it
+    order = sorted(range(vocab.num_rows), key=lambda i: vocab["index"][i].as_py())
+    mids = vocab["mid"].to_pylist()
+    mine = [str(mids[i]) for i in order]
     theirs = config.get("data", {}).get("vocabulary")
     if num_classes is not None and num_classes != len(mine):
         raise EvalError(f"the checkpoint's head has {num_classes} classes but store "

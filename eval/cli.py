@@ -68,6 +68,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clips-per-run", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--img-size", type=int, default=224, help="frame size of the model")
     p.add_argument("--device", default=None)
 
 
@@ -158,7 +159,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from eval.bench import run_bench
 
     run_bench(args.store, size=args.size, split=args.split, n_clips=args.clips_per_run,
-              batch_size=args.batch_size, repeats=args.repeats, device=args.device)
+              batch_size=args.batch_size, repeats=args.repeats, device=args.device,
+              img_size=args.img_size)
     return 0
 
 

@@ -88,9 +88,10 @@ def classification_metrics(
         y = np.array([ls[0] if len(ls) else -1 for ls in labels])
         keep = y >= 0
         kw = {"labels": np.arange(num_classes)}
-        out["top1"] = float(skm.top_k_accuracy_score(y[keep], scores[keep], k=1, **kw))
-        out["top5"] = float(skm.top_k_accuracy_score(y[keep], scores[keep],
-                                                     k=min(5, num_classes), **kw))
+        s = scores[keep] if num_classes > 2 else scores[keep, -1]  # binary: the positive's
+        out["top1"] = float(skm.top_k_accuracy_score(y[keep], s, k=1, **kw))
+        out["top5"] = (float(skm.top_k_accuracy_score(y[keep], s, k=5, **kw))
+                       if num_classes > 5 else 1.0)
     out["per_class_ap"] = ap.tolist()
     out["per_class_auc"] = [None if math.isnan(v) else float(v) for v in auc]
     out["positives_per_class"] = targets.sum(axis=0).astype(int).tolist()

@@ -10,6 +10,8 @@ that went through a spreadsheet may have their label list split across extra col
 (the quoted list becomes several columns plus trailing commas): the pieces are re-joined
 when each is a label id; anything else in extra columns is a ``column_count`` reject. An id starting
 with ``#`` but not ``# `` (e.g. ``#NAME?``) is a data row with a bad id, not a comment.
+A line that is not UTF-8 (``bad_encoding``) or that csv cannot read (``bad_row``, e.g. a
+field over 131,072 characters) is rejected with its line number; the file goes on.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pipeline.manifest import (
     ClipSpec,
     ManifestBuilder,
     RowError,
+    TextLines,
     check_youtube_id,
     format_seconds,
     parse_times,
@@ -92,12 +95,19 @@ def read_segments(paths: list[str | Path], vocabulary: pa.Table, builder: Manife
     for k, path in enumerate(paths):
         split = splits[k] if splits else split_name(path)
         name = Path(path).name
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            lines = f.read().splitlines()
-        for lineno, line in enumerate(lines, start=1):
+        text = TextLines(path)
+        for lineno, line in enumerate(text, start=1):
+            line = line.rstrip("\r\n")
+            if text.bad and text.bad[-1][0] == lineno:
+                builder.reject(name, lineno, "", "bad_encoding", text.bad[-1][1])
+                continue
             if not line.strip() or _is_comment(line):
                 continue
-            fields = next(csv.reader([line], skipinitialspace=True))
+            try:
+                fields = next(csv.reader([line], skipinitialspace=True))
+            except csv.Error as err:
+                builder.reject(name, lineno, line[:20], "bad_row", f"unreadable CSV row: {err}")
+                continue
             if fields and fields[0].strip().upper() == "YTID":
                 continue  # the re-saved plain header
             raw_id = fields[0] if fields else ""

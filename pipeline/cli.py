@@ -52,7 +52,13 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--ffmpeg", help="ffmpeg binary (default $MAVIL_FFMPEG or imageio-ffmpeg)")
     p.add_argument("--download-dir", default=None, help="temporary downloads (default tmp)")
-    p.add_argument("--timeout", type=float, default=30.0, help="download timeout, seconds")
+    p.add_argument("--timeout", type=float, default=30.0, help="download timeout per "
+                   "connect / read, seconds")
+    p.add_argument("--deadline", type=float, default=None, help="wall-clock limit on one "
+                   "clip's whole download, every try included (default 10 x --timeout)")
+    p.add_argument("--allow-cross-host-redirects", action="store_true",
+                   help="let http(s) redirects leave the first URL's host (yt-dlp, whose "
+                   "CDNs need it, always may)")
     p.add_argument("--max-mb", type=float, default=512.0, help="download size limit, MB")
     p.add_argument("--retries", type=int, default=3, help="download retries with backoff")
     p.add_argument("--jpeg-quality", type=int, default=None)
@@ -147,6 +153,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
                                      SourceConfig.youtube_url_template),
         download_dir=args.download_dir or os.path.join(tempfile.gettempdir(), "mavil-dl"),
         timeout=args.timeout, max_bytes=int(args.max_mb * 1024 * 1024), retries=args.retries,
+        deadline=args.deadline, cross_host_redirects=args.allow_cross_host_redirects,
         ffmpeg=args.ffmpeg)
     if args.media_pattern:
         source.patterns = tuple(args.media_pattern)

@@ -5,6 +5,11 @@ to 16 kHz float32 (stdout), and the first video stream at 2 fps, resized so the 
 side is 360 px with the aspect ratio kept (MAViL supplement B.1), as RGB (PPM) or MJPEG
 frames on an extra pipe. ffmpeg autorotates by default, so a display-matrix rotation is
 honoured: the scale filters see the rotated picture.
+
+Windows are bounded: at most ``max_seconds`` are decoded (the store's clip length plus a
+tolerance; a 1-hour window would otherwise be decoded whole), an empty window or one that
+starts at or past the end of the file is a ``decode_error``, and so is a still image or a
+1-frame video without audio (2-fps sampling gives it no frame; the reason says so).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class DecodeOptions:
     ffmpeg: str | None = None
     threads: int = 1               # decoder threads per ffmpeg process (1 per worker core)
     timeout: float = 120.0
+    max_seconds: float | None = None  # longest window decoded (shard tasks: clip + tolerance)
 
 
 @dataclass
@@ -171,10 +177,17 @@ def decode_clip(path: str, start: float, end: float, opts: DecodeOptions | None 
     path = os.path.abspath(path)
     if os.path.getsize(path) == 0:
         raise MediaError("bad_media", "empty file")
+    if not end - start >= 1e-3:  # "-t 0.000000" would mean the whole file to ffmpeg
+        raise MediaError("decode_error", f"empty window [{start:g}, {end:g})")
+    if opts.max_seconds is not None:
+        end = min(end, start + opts.max_seconds)
     rc, audio_bytes, video, log = _decode(path, start, end, opts, True, True, True)
     info = parse_probe(_input_part(log))
     if not (info.has_audio or info.has_video):
         raise MediaError("no_streams", "no audio or video stream")
+    if info.duration > 0 and start >= info.duration:
+        raise MediaError("decode_error", f"window starts at {start:g} s, at or past the end "
+                         f"of the {info.duration:.2f}-s file")
     if rc != 0 and not (info.has_audio and info.has_video):
         rc, audio_bytes, video, log = _decode(path, start, end, opts, info.has_audio,
                                               info.has_video, False)
@@ -199,5 +212,23 @@ def decode_clip(path: str, start: float, end: float, opts: DecodeOptions | None 
         else:
             out.frames, out.width, out.height = split_ppm(bytearray(video), opts.max_frames)
     if out.audio is None and out.n_frames == 0:
+        if info.has_video and count_frames(path, start, opts) == 1:
+            raise MediaError("decode_error", "still image or 1-frame video without audio: "
+                             f"no frame at {opts.frame_rate:g} fps (not stored)")
         raise MediaError("decode_error", "no decodable audio or video in the window")
     return out
+
+
+def count_frames(path: str, start: float, opts: DecodeOptions, limit: int = 2) -> int:
+    """Frames the first video stream has from ``start`` (up to ``limit``), without the
+    fps filter: tells a still image (1) from a window that has no frame."""
+    seek = ["-ss", f"{start:.6f}"] if start > 0 else []  # -ss 0 on a JPEG gives nothing
+    args = [ffmpeg_exe(opts.ffmpeg), "-nostdin", "-hide_banner", "-loglevel", "error", *seek,
+            "-i", path, "-map", "0:v:0", "-frames:v", str(limit), "-vf", "scale=16:16",
+            "-f", "image2pipe", "-vcodec", "ppm", "pipe:1"]
+    try:
+        proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=opts.timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return 0
+    return len(split_ppm(bytearray(proc.stdout), limit)[0])

@@ -1,10 +1,16 @@
-"""Where shard tasks run: ``local`` (a process pool), ``ray`` or ``dask``.
+"""Where shard tasks run: ``local`` (one process per shard task), ``ray`` or ``dask``.
 
 Each engine yields ``(job, result)`` pairs as shards finish; ``result`` is the task's
 summary dict, or the exception that remained after the engine's retries (Ray
-``max_retries``, Dask ``retries`` plus its worker-death accounting, local: the pool is
-rebuilt after a worker death and the in-flight shards are re-submitted). Ray and Dask
-are imported only here, inside the functions that use them.
+``max_retries``, Dask ``retries`` plus its worker-death accounting, local: a task whose
+process died is re-run, each death one try). Ray and Dask are imported only here, inside
+the functions that use them.
+
+The local engine runs every task in its own process, forked from a forkserver that has
+imported the task modules once, at most ``workers`` at a time. A process that dies (a
+SIGKILL, the OOM killer) is charged to the one task it ran, never to the others running
+beside it. Each task process watches a pipe from the driver (its "lifeline") and exits as
+soon as the driver is gone, however the driver died: no orphan workers.
 """
 
 from __future__ import annotations
@@ -12,81 +18,162 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 ENGINES = ("ray", "dask", "local")
 Task = Callable[[Any], dict]
+# Exceptions that mean "the process running the task died", by engine.
+WORKER_DEATHS = ("WorkerDied", "WorkerCrashedError", "KilledWorker", "NodeDiedError",
+                 "OutOfMemoryError")
+
+
+class WorkerDied(RuntimeError):
+    """The local process running a task died before returning (a signal or an exit)."""
+
+
+def is_worker_death(result: object) -> bool:
+    return isinstance(result, BaseException) and type(result).__name__ in WORKER_DEATHS
 
 
 def _context() -> mp.context.BaseContext:
-    """forkserver with the task modules preloaded: each worker is a cheap fork of a clean
-    process that has imported torch once (spawn would re-import per worker; plain fork
+    """forkserver with the task modules preloaded: each task process is a cheap fork of a
+    clean process that has imported torch once (spawn would re-import per task; plain fork
     would copy the driver's threads)."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["pipeline.shard_task", "pipeline.stats"])
     return ctx
 
 
-def run_local(task: Task, jobs: list, workers: int, max_retries: int) -> Iterator[tuple]:
-    """A local process pool; a killed worker breaks the pool, so rebuild it and re-submit
-    the shards that were in flight (each such death counts as one try)."""
-    pending = list(jobs)
-    tries = {id(j): 0 for j in jobs}
-    while pending:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
-        inflight: dict = {}
-        broken = False
+def _watch_driver(lifeline: Connection) -> None:
+    """Block on the lifeline; EOF means the driver closed it or died: exit now."""
+    try:
+        lifeline.recv()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)
+
+
+def _task_main(task: Task, job: Any, result: Connection, lifeline: Connection) -> None:
+    threading.Thread(target=_watch_driver, args=(lifeline,), daemon=True).start()
+    try:
+        out: tuple[str, Any] = ("ok", task(job))
+    except Exception as err:  # the task itself raised: send it back (retried by the driver)
+        out = ("raised", err)
+    try:
+        result.send(out)
+    except Exception:  # an exception that does not pickle
+        result.send(("raised", RuntimeError(f"{type(out[1]).__name__}: {out[1]}"[:500])))
+
+
+def _death(code: int | None) -> str:
+    if code is not None and code < 0:
         try:
-            while (pending or inflight) and not broken:
-                while pending and len(inflight) < workers:
-                    job = pending.pop(0)
-                    inflight[pool.submit(task, job)] = job
-                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    job = inflight.pop(fut)
-                    try:
-                        yield job, fut.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        inflight[fut] = job  # charged below with the others in flight
-                    except Exception as err:  # the task itself raised
-                        tries[id(job)] += 1
-                        if tries[id(job)] > max_retries:
-                            yield job, err
-                        else:
-                            pending.append(job)
-            for job in inflight.values():
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def run_local(task: Task, jobs: list, workers: int, max_retries: int) -> Iterator[tuple]:
+    """One forkserver process per task, at most ``workers`` at a time; a task whose
+    process dies is re-run up to ``max_retries`` times, then yields ``WorkerDied``."""
+    ctx = _context()
+    pending = deque(jobs)
+    tries = {id(j): 0 for j in jobs}
+    running: dict[Connection, tuple[Any, Any, Connection]] = {}  # result pipe -> task
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                job = pending.popleft()
+                recv, send = ctx.Pipe(duplex=False)
+                life_r, life_w = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_task_main, args=(task, job, send, life_r),
+                                   daemon=True, name=f"mavil-task-{id(job):x}")
+                proc.start()
+                send.close()
+                life_r.close()
+                running[recv] = (proc, job, life_w)
+            for recv in wait(list(running)):
+                proc, job, life_w = running.pop(recv)
+                try:
+                    kind, value = recv.recv()
+                except (EOFError, OSError):  # died before sending: charge this task only
+                    proc.join()
+                    kind, value = "died", _death(proc.exitcode)
+                finally:
+                    recv.close()
+                proc.join()
+                life_w.close()
+                if kind == "ok":
+                    yield job, value
+                    continue
                 tries[id(job)] += 1
-                if tries[id(job)] > max_retries:
-                    yield job, RuntimeError(f"worker died {tries[id(job)]} times")
-                else:
+                if tries[id(job)] <= max_retries:
                     pending.append(job)
-        finally:
-            pool.shutdown(wait=not broken, cancel_futures=True)
+                elif kind == "died":
+                    yield job, WorkerDied(f"worker died {tries[id(job)]} times (last: {value})")
+                else:
+                    yield job, value
+    finally:
+        for proc, _, life_w in running.values():  # driver interrupted: stop the tasks
+            life_w.close()
+            proc.kill()
+            proc.join()
+
+
+@contextmanager
+def engine_session(engine: str, workers: int, address: str | None = None
+                   ) -> Iterator[str | None]:
+    """Keep one cluster up across several ``run_engine`` calls (yields the address to
+    give them): Ray is initialised once, Dask's LocalCluster started once; local: none."""
+    if engine == "ray":
+        with _ray_session(workers, address):
+            yield address
+    elif engine == "dask" and not address:
+        from dask.distributed import LocalCluster
+
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+            yield cluster.scheduler_address
+    else:
+        yield address
+
+
+@contextmanager
+def _ray_session(workers: int, address: str | None) -> Iterator[None]:
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                              "logging_level": logging.ERROR}
+    # a Ray job's driver (the workflow runner's steps) has RAY_ADDRESS: join that cluster
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # embedded cluster: workers use this interpreter as it is, instead of Ray's
+        # `uv run` hook re-creating the environment in a copy of the working dir
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray.init(num_cpus=workers, object_store_memory=100 * 1024 * 1024, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def run_ray(task: Task, jobs: list, workers: int, max_retries: int,
             address: str | None = None) -> Iterator[tuple]:
     import ray
 
-    started = False
-    # a Ray job's driver (the workflow runner's steps) has RAY_ADDRESS: join that cluster
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                  "logging_level": logging.ERROR}
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            # embedded cluster: workers use this interpreter as it is, instead of Ray's
-            # `uv run` hook re-creating the environment in a copy of the working dir
-            os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-            ray.init(num_cpus=workers, object_store_memory=100 * 1024 * 1024, **kwargs)
-        started = True
-    try:
+    with _ray_session(workers, address):
         remote = ray.remote(num_cpus=1, max_retries=max_retries,
                             retry_exceptions=max_retries > 0)(task)
         refs = {remote.remote(job): job for job in jobs}
@@ -98,9 +185,6 @@ def run_ray(task: Task, jobs: list, workers: int, max_retries: int,
                     yield refs[ref], ray.get(ref)
                 except Exception as err:  # RayTaskError, WorkerCrashedError, ...
                     yield refs[ref], err
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def run_dask(task: Task, jobs: list, workers: int, max_retries: int,

@@ -6,11 +6,13 @@ never stops a job. Clip ids are data, never paths: ``safe_clip_id`` is the singl
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,14 @@ CLIP_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.=-]{0,199}$")
 
 # Reasons a manifest row is rejected (the rejects report's ``reason`` column).
 REJECT_REASONS = ("bad_id", "bad_time", "unknown_label", "no_labels", "duplicate_id",
-                  "column_count", "bad_split", "bad_uri")
+                  "column_count", "bad_split", "bad_uri", "bad_encoding", "bad_row")
+# A time is a plain decimal number: no "1_0" (Python's float() reads it as 10), no "inf",
+# no non-ASCII digits.
+_NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$", re.ASCII)
+# Windows: at least one fbank analysis window, at most the store's clip length plus this
+# tolerance (longer ones would be decoded whole and then cut; a 1-hour window cost 3.2 GB).
+MIN_WINDOW_S = 0.025
+WINDOW_TOLERANCE_S = 1.0
 
 
 @dataclass
@@ -59,6 +68,29 @@ class RowError(ValueError):
         self.detail = detail
 
 
+class TextLines:
+    """A file's lines as text, decoded one line at a time (UTF-8, a leading BOM dropped),
+    so that one undecodable byte rejects one line: that line is yielded empty (csv
+    readers skip it; line numbers stay right) and recorded in ``bad`` as
+    ``(line, detail)``."""
+
+    def __init__(self, path: str | Path):
+        self.path = path
+        self.bad: list[tuple[int, str]] = []
+
+    def __iter__(self) -> Iterator[str]:
+        with open(self.path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    self.bad.append((lineno, f"not UTF-8: byte 0x{raw[err.start]:02x} at "
+                                             f"column {err.start + 1}"))
+                    yield "\n"
+
+
 def safe_clip_id(clip_id: str) -> bool:
     """True when ``clip_id`` can name a file inside a directory and nothing else."""
     return bool(CLIP_ID.match(clip_id)) and ".." not in clip_id
@@ -71,19 +103,33 @@ def check_youtube_id(ytid: str) -> str:
     return ytid
 
 
-def parse_times(start: str, end: str | None, clip_seconds: float) -> tuple[float, float]:
-    """Parse [start, end) in seconds; reject non-numbers, negatives and reversed windows."""
-    try:
-        s = float(str(start).strip())
-        e = s + clip_seconds if end is None or str(end).strip() == "" else float(str(end).strip())
-    except ValueError as err:
-        raise RowError("bad_time", f"not a number: {start!r}, {end!r}") from err
-    if not (math.isfinite(s) and math.isfinite(e)):
+def _seconds(value: object, start: object, end: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):  # Parquet numbers
+        t = float(value)
+    elif isinstance(value, str) and _NUMBER.match(value.strip()):
+        t = float(value.strip())
+    else:
+        raise RowError("bad_time", f"not a number: {start!r}, {end!r}")
+    if not math.isfinite(t):
         raise RowError("bad_time", f"non-finite time: {start!r}, {end!r}")
+    return t
+
+
+def parse_times(start: object, end: object | None, clip_seconds: float) -> tuple[float, float]:
+    """Parse [start, end) in seconds; reject non-numbers, negatives, reversed windows and
+    windows shorter than ``MIN_WINDOW_S`` or longer than ``clip_seconds`` +
+    ``WINDOW_TOLERANCE_S`` (the store keeps ``clip_seconds`` per clip)."""
+    s = _seconds(start, start, end)
+    e = s + clip_seconds if end is None or str(end).strip() == "" else _seconds(end, start, end)
     if s < 0 or e < 0:
         raise RowError("bad_time", f"negative time: {s}, {e}")
     if e <= s:
         raise RowError("bad_time", f"end {e} <= start {s}")
+    if e - s < MIN_WINDOW_S:
+        raise RowError("bad_time", f"window of {e - s:g} s is shorter than {MIN_WINDOW_S} s")
+    if e - s > clip_seconds + WINDOW_TOLERANCE_S:
+        raise RowError("bad_time", f"window of {e - s:g} s is longer than the store's "
+                       f"{clip_seconds:g}-s clips (+{WINDOW_TOLERANCE_S:g} s)")
     return s, e
 
 

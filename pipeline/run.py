@@ -22,9 +22,9 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline.decode import DecodeOptions
-from pipeline.engines import run_engine
+from pipeline.isolation import run_shards
 from pipeline.manifest import ClipSpec, Reject, reject_counts, shard_plan, write_rejects
-from pipeline.shard_task import ShardJob, failure_shard, process_shard
+from pipeline.shard_task import ShardJob, failure_shard
 from pipeline.sources import SourceConfig
 from store import (
     StoreConflict,
@@ -127,8 +127,8 @@ def build(specs: list[ClipSpec], rejects: list[Reject], vocabulary: pa.Table,
     nbytes, done_clips, shard_errors = 0, 0, []
     bar = tqdm(total=len(specs), initial=skipped, unit="clip", disable=not opts.progress,
                dynamic_ncols=True, desc="clips")
-    for job, result in run_engine(opts.engine, process_shard, jobs, opts.workers,
-                                  opts.max_retries, opts.address):
+    for job, result in run_shards(opts.engine, jobs, opts.workers, opts.max_retries,
+                                  opts.address):
         if isinstance(result, StoreConflict) or "StoreConflict" in type(result).__name__:
             bar.close()
             raise StoreConflict(f"build stopped: {result}")

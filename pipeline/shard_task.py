@@ -19,9 +19,10 @@ from typing import Any
 
 from pipeline.decode import DecodeOptions, decode_clip
 from pipeline.features import failed_record, record_from_decoded
-from pipeline.manifest import ClipSpec
+from pipeline.manifest import WINDOW_TOLERANCE_S, ClipSpec
 from pipeline.probe import MediaError
 from pipeline.sources import FetchError, SourceConfig, fetch
+from pipeline.workspace import sweep
 from store import ClipRecord, StoreError, StoreSpec, open_store, open_writer
 
 # Test hook: "<marker path>[:N]" -> a task that finds a missing marker creates it and
@@ -42,6 +43,9 @@ class ShardJob:
     jpeg_encoder: str = "pil"
     retry_failed: bool = False
     claim: str = ""  # store.shard_fingerprint of the clips: commit refused if it differs
+    # clip id -> reason: clips known to kill their worker, recorded as `error` unprocessed
+    # (pipeline/isolation.py finds them)
+    poisoned: dict[str, str] = field(default_factory=dict)
 
 
 def _maybe_crash(done: int, total: int) -> None:
@@ -66,7 +70,8 @@ def decode_options(spec: StoreSpec, base: DecodeOptions) -> DecodeOptions:
     return DecodeOptions(sample_rate=spec.sample_rate, frame_rate=spec.frame_rate,
                          longer_side=spec.resize_longer_side, max_frames=spec.num_frames,
                          video_output=base.video_output, mjpeg_qscale=base.mjpeg_qscale,
-                         ffmpeg=base.ffmpeg, threads=base.threads, timeout=base.timeout)
+                         ffmpeg=base.ffmpeg, threads=base.threads, timeout=base.timeout,
+                         max_seconds=spec.clip_seconds + WINDOW_TOLERANCE_S)
 
 
 def process_clip(clip: ClipSpec, spec: StoreSpec, job: ShardJob, opts: DecodeOptions
@@ -125,6 +130,8 @@ def process_shard(job: ShardJob) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     t0, ru0 = time.perf_counter(), _cpu()
+    if job.source.download_dir:
+        sweep(job.source.download_dir)  # a killed worker's temporary downloads
     writer = open_writer(job.store)
     if job.claim:  # another build took the store: refuse before any work
         writer.check_claim(job.shard_id, job.claim)
@@ -138,6 +145,9 @@ def process_shard(job: ShardJob) -> dict[str, Any]:
     records = []
     for i, clip in enumerate(job.clips):
         _maybe_crash(i, len(job.clips))
+        if clip.clip_id in job.poisoned:
+            records.append(failed_record(clip, "error", job.poisoned[clip.clip_id]))
+            continue
         records.append(keep.get(clip.clip_id) or process_clip(clip, spec, job, opts))
     summary = writer.write_shard(job.shard_id, records, claim=job.claim)
     if os.environ.get(DELAY_ENV):
@@ -149,6 +159,16 @@ def process_shard(job: ShardJob) -> dict[str, Any]:
                    damaged_copies=damaged,
                    wall_s=time.perf_counter() - t0, cpu_s=_cpu() - ru0)
     return summary
+
+
+def probe_clips(job: ShardJob) -> dict[str, Any]:
+    """Process the job's clips and commit nothing: a task that dies here names its clip
+    as one that kills its worker (pipeline/isolation.py)."""
+    if job.source.download_dir:
+        sweep(job.source.download_dir)
+    spec = open_writer(job.store).spec
+    opts = decode_options(spec, job.decode)
+    return {"statuses": {c.clip_id: process_clip(c, spec, job, opts).status for c in job.clips}}
 
 
 def failure_shard(job: ShardJob, reason: str) -> dict[str, Any]:

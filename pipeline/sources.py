@@ -3,21 +3,28 @@
 Every failure is a FetchError with an index status (not_found, timeout, too_large,
 download_error) and a reason; nothing here raises anything else for a bad clip. Clip ids
 never become paths outside the download dir: names are checked by ``safe_clip_id`` and the
-temporary file is created with ``mkstemp`` inside ``download_dir``.
+temporary file is created with ``mkstemp`` inside this process's workspace of
+``download_dir`` (pipeline/workspace.py: a killed worker's leftovers are removed by the next
+run). A uri with a scheme (``data:``, ``lavfi:``, ``s3://``...) must have an allowed one; a
+local file must be a regular file. Downloads have a hard deadline (``download_deadline``).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+from pipeline.deadline import Deadline
 from pipeline.manifest import ClipSpec, format_seconds, safe_clip_id
+from pipeline.workspace import workspace
 
 ALLOWED_SCHEMES = ("http", "https", "file", "s3", "gs", "gcs", "az", "abfs", "hf")
 # Local media-root names tried in order; those with {start} are pre-cut segments.
@@ -25,6 +32,8 @@ ALLOWED_SCHEMES = ("http", "https", "file", "s3", "gs", "gcs", "az", "abfs", "hf
 DEFAULT_PATTERNS = ("{clip_id}", "{ytid}_{start}", "{ytid}_{start3}", "{ytid}_{start_ms}",
                     "{ytid}_{start06}", "Y{ytid}_{start3}_{end3}", "{ytid}")
 _CHUNK = 1 << 16
+# "scheme:" at the start of a uri (RFC 3986); a one-letter one would be a Windows drive
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 
 
 class FetchError(Exception):
@@ -43,6 +52,8 @@ class SourceConfig:
     youtube_url_template: str = "https://www.youtube.com/watch?v={ytid}"
     download_dir: str | None = None
     timeout: float = 30.0                    # seconds per connect / read
+    deadline: float | None = None            # whole download, all tries (None: 10 x timeout)
+    cross_host_redirects: bool = False       # http(s) redirects may leave the first host
     max_bytes: int = 512 * 1024 * 1024
     retries: int = 3
     backoff: float = 0.5                     # seconds, doubled per retry
@@ -104,11 +115,15 @@ def find_local(spec: ClipSpec, cfg: SourceConfig) -> Fetched:
     raise FetchError("not_found", f"no file for {spec.clip_id} in {cfg.media_root}")
 
 
+def download_deadline(cfg: SourceConfig) -> float:
+    """Seconds one clip's download may take in all, every try and backoff included."""
+    return cfg.deadline if cfg.deadline is not None else 10.0 * cfg.timeout
+
+
 def _tempfile(cfg: SourceConfig, clip_id: str, suffix: str) -> str:
     if not safe_clip_id(clip_id):
         raise FetchError("download_error", f"unsafe clip id {clip_id!r}")
-    ddir = os.path.realpath(cfg.download_dir or tempfile.gettempdir())
-    os.makedirs(ddir, exist_ok=True)
+    ddir = workspace(cfg.download_dir)
     suffix = suffix if suffix.replace(".", "").isalnum() and len(suffix) <= 8 else ".bin"
     fd, path = tempfile.mkstemp(prefix=clip_id + ".", suffix=suffix, dir=ddir)
     os.close(fd)
@@ -118,70 +133,47 @@ def _tempfile(cfg: SourceConfig, clip_id: str, suffix: str) -> str:
     return path
 
 
-def _with_retries(fn: Callable[[], None], cfg: SourceConfig) -> None:
-    """Call ``fn``; retry FetchErrors marked retryable with exponential backoff."""
+class Retryable(FetchError):
+    """A failure worth another try (timeouts, 5xx, refused connections)."""
+
+
+def _with_retries(fn: Callable[[], None], cfg: SourceConfig, deadline: Deadline) -> None:
+    """Call ``fn``; retry Retryable failures with exponential backoff within ``deadline``."""
     delay = cfg.backoff
     for attempt in range(cfg.retries + 1):
         try:
             return fn()
-        except _Retryable as err:
-            if attempt == cfg.retries:
+        except Retryable as err:
+            if attempt == cfg.retries or deadline.remaining() <= delay:
                 raise FetchError(err.status, f"{err.reason} (after {attempt + 1} tries)") from err
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
 
 
-class _Retryable(FetchError):
-    pass
-
-
-def copy_bounded(chunks: Iterable[bytes], dest: str, cfg: SourceConfig) -> None:
-    """Write ``chunks`` to ``dest``: ``too_large`` past ``max_bytes``, a retryable
-    ``timeout`` when the whole body takes longer than 10x the per-read timeout."""
-    deadline = time.monotonic() + cfg.timeout * 10
+def copy_bounded(chunks: Iterable[bytes], dest: str, cfg: SourceConfig,
+                 deadline: Deadline) -> None:
+    """Write ``chunks`` to ``dest``: ``too_large`` past ``max_bytes``, ``timeout`` once
+    ``deadline`` has passed (checked after every chunk; a chunk that never completes is
+    cut by the caller's watchdog)."""
     total = 0
     with open(dest, "wb") as out:
         for chunk in chunks:
             total += len(chunk)
             if total > cfg.max_bytes:
                 raise FetchError("too_large", f"body over limit {cfg.max_bytes}")
-            if time.monotonic() > deadline:
-                raise _Retryable("timeout", "download too slow")
+            if deadline.expired():
+                raise FetchError("timeout", f"download exceeded its {deadline.seconds:g}-s "
+                                 "deadline")
             out.write(chunk)
 
 
-def fetch_http(url: str, dest: str, cfg: SourceConfig) -> None:
-    import requests
-
-    def once() -> None:
-        try:
-            with requests.get(url, stream=True, timeout=(cfg.timeout, cfg.timeout),
-                              allow_redirects=True) as resp:
-                if resp.status_code in (404, 410):
-                    raise FetchError("not_found", f"HTTP {resp.status_code} for {url}")
-                if resp.status_code == 429 or resp.status_code >= 500:
-                    raise _Retryable("download_error", f"HTTP {resp.status_code} for {url}")
-                if resp.status_code >= 400:
-                    raise FetchError("download_error", f"HTTP {resp.status_code} for {url}")
-                length = resp.headers.get("Content-Length")
-                if length and length.isdigit() and int(length) > cfg.max_bytes:
-                    raise FetchError("too_large", f"{length} bytes > limit {cfg.max_bytes}")
-                copy_bounded(resp.iter_content(_CHUNK), dest, cfg)
-        except requests.Timeout as err:
-            raise _Retryable("timeout", f"no response within {cfg.timeout:g} s") from err
-        except requests.ConnectionError as err:
-            if "timed out" in str(err).lower():
-                raise _Retryable("timeout", f"no response within {cfg.timeout:g} s") from err
-            raise _Retryable("download_error", f"connection failed: {err}") from err
-        except requests.RequestException as err:
-            raise FetchError("download_error", str(err)) from err
-
-    _with_retries(once, cfg)
-
-
 def fetch_fsspec(url: str, dest: str, cfg: SourceConfig) -> None:
+    """An fsspec URL; the deadline is checked between reads (each read is bounded by the
+    filesystem's own timeouts)."""
     import fsspec
+
+    deadline = Deadline(download_deadline(cfg))
 
     def once() -> None:
         try:
@@ -190,36 +182,62 @@ def fetch_fsspec(url: str, dest: str, cfg: SourceConfig) -> None:
             if size is not None and size > cfg.max_bytes:
                 raise FetchError("too_large", f"{size} bytes > limit {cfg.max_bytes}")
             with fs.open(path, "rb") as src:
-                copy_bounded(iter(lambda: src.read(_CHUNK), b""), dest, cfg)
+                copy_bounded(iter(lambda: src.read(_CHUNK), b""), dest, cfg, deadline)
         except FileNotFoundError as err:
             raise FetchError("not_found", f"{url} does not exist") from err
         except (TimeoutError, ConnectionError) as err:
-            raise _Retryable("timeout" if isinstance(err, TimeoutError) else "download_error",
-                             str(err)) from err
+            raise Retryable("timeout" if isinstance(err, TimeoutError) else "download_error",
+                            str(err)) from err
         except (OSError, ValueError, ImportError) as err:
             raise FetchError("download_error", f"{type(err).__name__}: {err}") from err
 
-    _with_retries(once, cfg)
+    _with_retries(once, cfg, deadline)
+
+
+def uri_scheme(uri: str) -> str | None:
+    """The scheme of ``uri`` (``data:x`` -> ``data``), or None for a plain path."""
+    m = _SCHEME.match(uri)
+    return m[1].lower() if m else None
 
 
 def check_scheme(url: str, cfg: SourceConfig) -> str:
-    scheme = urlsplit(url).scheme.lower()
+    scheme = uri_scheme(url) or ""
     if scheme not in cfg.allowed_schemes:
         raise FetchError("download_error", f"URL scheme {scheme!r} not allowed")
     return scheme
 
 
+def local_file(path: str) -> str:
+    """``path`` if it is a regular file (symlinks followed): ``not_found`` when it does
+    not exist, ``download_error`` for a device, FIFO, socket or folder."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as err:
+        raise FetchError("not_found", f"{path} does not exist") from err
+    except OSError as err:
+        raise FetchError("not_found", f"{path} unreadable: {err.strerror}") from err
+    if not stat.S_ISREG(st.st_mode):
+        raise FetchError("download_error", f"{path} is not a regular file (refused)")
+    return path
+
+
 def download(url: str, spec: ClipSpec, cfg: SourceConfig) -> Fetched:
     scheme = check_scheme(url, cfg)
     if scheme == "file":
-        path = urlsplit(url).path
-        if not os.path.isfile(path):
-            raise FetchError("not_found", f"{path} does not exist")
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise FetchError("download_error", f"file URL on another host refused: {url}")
+        path = local_file(unquote(parts.path))
         return Fetched(path, url, False, False)
     suffix = os.path.splitext(urlsplit(url).path)[1][:8] or ".bin"
     dest = _tempfile(cfg, spec.clip_id, suffix)
     try:
-        (fetch_http if scheme in ("http", "https") else fetch_fsspec)(url, dest, cfg)
+        if scheme in ("http", "https"):
+            from pipeline.http_fetch import fetch_http
+
+            url = fetch_http(url, dest, cfg)
+        else:
+            fetch_fsspec(url, dest, cfg)
     except BaseException:
         os.unlink(dest)
         raise
@@ -243,8 +261,7 @@ def fetch(spec: ClipSpec, cfg: SourceConfig) -> Fetched:
             return fetch_youtube(spec, cfg)
         raise FetchError("download_error", "no source configured for youtube ids "
                          "(use --media-root, --url-template or --source youtube)")
-    if "://" in uri:
+    if uri_scheme(uri) is not None:  # data:, javascript:, lavfi:, concat: -> not allowed
         return download(uri, spec, cfg)
-    if not os.path.isfile(uri):
-        raise FetchError("not_found", f"{uri} does not exist")
-    return Fetched(uri, Path(os.path.abspath(uri)).as_uri(), False, False)
+    path = local_file(uri)
+    return Fetched(path, Path(os.path.abspath(path)).as_uri(), False, False)

@@ -4,21 +4,45 @@ yt-dlp's ``download_ranges`` asks ffmpeg to read just ``[start, end)`` of the ch
 format, so a 10-s clip never downloads the whole video. ``youtube_url_template`` lets the
 same code run against any URL yt-dlp understands (its generic extractor handles a plain
 http URL, which is how the tests exercise it offline on 127.0.0.1).
+
+yt-dlp runs in a child process (``python -c _CHILD``, the options as JSON) so that the
+download has a hard wall-clock deadline: past ``download_deadline`` the child's process
+group (yt-dlp and the ffmpeg it runs) is killed; the deadline starts once the child has
+imported yt-dlp (it has ``STARTUP_S`` for that). The child also asks the kernel to kill it
+when its worker dies (``PR_SET_PDEATHSIG``). Redirects inside yt-dlp are yt-dlp's (YouTube
+CDNs are other hosts); the first URL's scheme is checked here. Costs ~0.6 s CPU per clip
+to start the child (importing yt-dlp), small beside a YouTube extraction.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 
 from pipeline.ffmpeg_bin import ffmpeg_exe
 from pipeline.manifest import ClipSpec, safe_clip_id
-from pipeline.sources import Fetched, FetchError, SourceConfig, _names, check_scheme
+from pipeline.sources import (
+    Fetched,
+    FetchError,
+    SourceConfig,
+    _names,
+    check_scheme,
+    download_deadline,
+)
+from pipeline.workspace import workspace
 
 # Best video <= 360p plus best audio, else the best single file <= 360p; "?" lets formats
 # without a known height (generic URLs) through.
 FORMAT = "bv*[height<=?360]+ba/b[height<=?360]/wv*+ba/w"
+# Seconds the yt-dlp child may take to start (import yt-dlp) before the deadline starts.
+STARTUP_S = 60.0
 
 
 def _status_of(message: str) -> str:
@@ -32,18 +56,43 @@ def _status_of(message: str) -> str:
     return "download_error"
 
 
-def ydl_options(spec: ClipSpec, cfg: SourceConfig, outdir: str) -> dict:
-    from yt_dlp.utils import download_range_func
+# The child: die with the parent (Linux prctl PR_SET_PDEATHSIG = 1), then run yt-dlp with
+# the JSON options; "ranges" becomes yt-dlp's download_ranges. Exit 3 + message on failure.
+_CHILD = r"""
+import ctypes, json, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+except Exception:
+    pass
+import yt_dlp
+from yt_dlp.utils import download_range_func
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+opts = json.loads(sys.argv[1])
+opts["download_ranges"] = download_range_func(None, [tuple(r) for r in opts.pop("ranges")])
+class Quiet:
+    def debug(self, m): pass
+    info = warning = error = debug
+opts["logger"] = Quiet()
+try:
+    with yt_dlp.YoutubeDL(opts) as ydl:
+        ydl.download([sys.argv[2]])
+except Exception as err:
+    sys.stderr.write(f"{type(err).__name__}: {err}"[:2000])
+    sys.exit(3)
+"""
 
+
+def ydl_options(spec: ClipSpec, cfg: SourceConfig, outdir: str) -> dict:
+    """yt-dlp's options (JSON-able; the child turns ``ranges`` into download_ranges)."""
     return {
         "format": FORMAT,
-        "download_ranges": download_range_func(None, [(spec.start, spec.end)]),
+        "ranges": [[spec.start, spec.end]],
         "outtmpl": os.path.join(outdir, "clip.%(ext)s"),
         "quiet": True, "no_warnings": True, "noprogress": True, "noplaylist": True,
         "socket_timeout": cfg.timeout, "retries": cfg.retries,
         "max_filesize": cfg.max_bytes,
         "ffmpeg_location": ffmpeg_dir(cfg.ffmpeg),
-        "logger": _QuietLogger(),
         "cachedir": False,
     }
 
@@ -71,44 +120,52 @@ def _ensure_on_path(folder: str) -> None:
         os.environ["PATH"] = os.pathsep.join([folder, *parts])
 
 
-class _QuietLogger:
-    def debug(self, msg: str) -> None:
-        pass
-
-    def info(self, msg: str) -> None:
-        pass
-
-    def warning(self, msg: str) -> None:
-        pass
-
-    def error(self, msg: str) -> None:
-        pass
+def run_child(args: list[str], deadline_s: float, startup_s: float = STARTUP_S
+              ) -> tuple[int, str]:
+    """Run ``args`` in its own process group: it has ``startup_s`` to print its first line
+    (``ready``, once its imports are done), then ``deadline_s`` to finish; past either the
+    whole group is killed and a ``timeout`` FetchError raised. Returns (exit code, stderr)."""
+    with subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, start_new_session=True) as proc:
+        try:
+            if not select.select([proc.stdout], [], [], startup_s)[0]:
+                raise subprocess.TimeoutExpired(args, startup_s)
+            proc.stdout.readline()  # type: ignore[union-attr]
+            _, err = proc.communicate(timeout=deadline_s)
+        except subprocess.TimeoutExpired as exc:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.communicate()
+            raise FetchError("timeout", f"yt-dlp exceeded its {deadline_s:g}-s deadline") from exc
+    return proc.returncode, err.decode("utf-8", "replace")
 
 
 def fetch_youtube(spec: ClipSpec, cfg: SourceConfig) -> Fetched:
     """Download the segment into a fresh folder inside ``download_dir``."""
-    try:
-        import yt_dlp
-    except ImportError as err:
+    import importlib.util
+
+    if importlib.util.find_spec("yt_dlp") is None:
         raise FetchError("download_error", "yt-dlp not installed (pip install "
-                         "'mavil-store[youtube]')") from err
+                         "'mavil-store[youtube]')")
     if not safe_clip_id(spec.clip_id):
         raise FetchError("download_error", f"unsafe clip id {spec.clip_id!r}")
     url = cfg.youtube_url_template.format(**_names(spec))
     check_scheme(url, cfg)
-    base = os.path.realpath(cfg.download_dir or tempfile.gettempdir())
-    os.makedirs(base, exist_ok=True)
-    outdir = tempfile.mkdtemp(prefix=spec.clip_id + ".", dir=base)
+    outdir = tempfile.mkdtemp(prefix=spec.clip_id + ".", dir=workspace(cfg.download_dir))
     _ensure_on_path(ffmpeg_dir(cfg.ffmpeg))
+    args = [sys.executable, "-c", _CHILD, json.dumps(ydl_options(spec, cfg, outdir)), url]
     try:
-        with yt_dlp.YoutubeDL(ydl_options(spec, cfg, outdir)) as ydl:
-            ydl.download([url])
-    except yt_dlp.utils.DownloadError as err:
+        rc, err = run_child(args, download_deadline(cfg))
+    except BaseException:
         _remove(outdir)
-        raise FetchError(_status_of(str(err)), str(err).removeprefix("ERROR: ")[:300]) from err
-    except Exception as err:  # yt-dlp raises many kinds; each is this clip's failure
+        raise
+    if rc != 0:
         _remove(outdir)
-        raise FetchError("download_error", f"{type(err).__name__}: {err}"[:300]) from err
+        message = " ".join(err.split()) or f"yt-dlp exit {rc}"
+        message = message.removeprefix("DownloadError: ").removeprefix("ERROR: ")
+        raise FetchError(_status_of(message), message[:300])
     files = [f for f in glob.glob(os.path.join(outdir, "clip.*")) if not f.endswith(".part")]
     if not files:
         _remove(outdir)
@@ -118,6 +175,4 @@ def fetch_youtube(spec: ClipSpec, cfg: SourceConfig) -> Fetched:
 
 
 def _remove(folder: str) -> None:
-    for f in glob.glob(os.path.join(folder, "*")):
-        os.unlink(f)
-    os.rmdir(folder)
+    shutil.rmtree(folder, ignore_errors=True)

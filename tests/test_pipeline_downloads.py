@@ -75,6 +75,11 @@ def server(media_dir: Path):
     srv.shutdown()
 
 
+def _downloads_left(folder: Path) -> list[Path]:
+    """Files under the download dir other than the live workspaces' lock files."""
+    return [p for p in folder.rglob("*") if p.is_file() and p.name != ".lock"]
+
+
 def _cfg(tmp_path: Path, **kw) -> SourceConfig:
     base = dict(download_dir=str(tmp_path / "dl"), timeout=0.5, retries=1, backoff=0.05,
                 max_bytes=2 * 1024 * 1024)
@@ -102,7 +107,7 @@ def test_http_outcomes_become_index_rows(server: str, tmp_path: Path) -> None:
     assert "after 2 tries" in rows["stall"]["error"]
     assert "not allowed" in rows["ftp"]["error"]
     assert _Handler.hits["/flaky.mp4"] == 2
-    assert list((tmp_path / "dl").iterdir()) == []  # temporary downloads removed
+    assert _downloads_left(tmp_path / "dl") == []  # temporary downloads removed
 
 
 def test_unsafe_clip_id_never_becomes_a_path(server: str, tmp_path: Path) -> None:
@@ -126,7 +131,7 @@ def test_youtube_source_downloads_only_the_segment(server: str, tmp_path: Path) 
         assert 3.5 < info.duration < 6.0  # the 4-s range, not the 30.5-s file
     finally:
         got.cleanup()
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert _downloads_left(tmp_path / "dl") == []
     missing = ClipSpec("abcdefghijx_0", "abcdefghijx", 0, 4, "youtube:abcdefghijx", [0])
     cfg404 = _cfg(tmp_path, youtube=True, youtube_url_template=server + "/nope/{ytid}.mp4")
     with pytest.raises(FetchError) as err:
@@ -145,7 +150,7 @@ def test_url_template_downloads_per_clip(server: str, tmp_path: Path) -> None:
     finally:
         precut.cleanup()
         whole.cleanup()
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert _downloads_left(tmp_path / "dl") == []
 
 
 def test_youtube_format_is_at_most_360p() -> None:
@@ -190,7 +195,7 @@ def test_fsspec_urls_with_limits(media_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(FetchError) as err:  # not in the default allowed schemes
         fetch(ClipSpec("m3", "m3", 0, 4, "memory://clips/earth.mp4", [0]), _cfg(tmp_path))
     assert err.value.status == "download_error"
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert _downloads_left(tmp_path / "dl") == []
 
 
 def test_media_root_patterns_and_precut(tmp_path: Path) -> None:
