@@ -235,7 +235,7 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
                     if k.startswith("loss") and torch.is_tensor(v) and v.ndim == 0:
                         terms[k] = terms.get(k, 0.0) + v.detach().float() / accum
             if bad:
-                values = ", ".join(f"{k}={float(v):.4g}" for k, v in out.items()
+                values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items()
                                    if k.startswith("loss") and torch.is_tensor(v) and v.ndim == 0)
                 if cfg.train.nonfinite == "stop":
                     raise TrainingError(
