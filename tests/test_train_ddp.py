@@ -49,7 +49,8 @@ def init_ckpt(train_store: str, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def test_torchrun_two_processes_equal_one(train_store: str, init_ckpt: Path,  # noqa: F811
-                                          tmp_path: Path) -> None:
+                                          tmp_path: Path, capsys: pytest.CaptureFixture
+                                          ) -> None:
     _finetune(train_store, init_ckpt, tmp_path / "one", 1, 4)
     _finetune(train_store, init_ckpt, tmp_path / "two", 2, 2)       # 2 x 2, no accumulation
     _finetune(train_store, init_ckpt, tmp_path / "two_acc", 2, 1)   # 2 x 1 x 2 micro-steps
@@ -66,3 +67,10 @@ def test_torchrun_two_processes_equal_one(train_store: str, init_ckpt: Path,  # 
             init = load_state(init_ckpt / "checkpoints" / "last.pt")["model"].get(k)
             moved += int(init is None or not torch.equal(init, v))
         assert moved > len(ref["model"]) // 2  # the weights did train
+    # a different world size cannot continue exactly: refused, naming both sizes
+    args = ["run", "finetune", "--store", train_store, "--out", str(tmp_path / "two"), "--init",
+            str(init_ckpt), "--mode", "av", "--recipe", "tiny", "data.batch_size=2",
+            *DETERMINISTIC]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "written by 2 process(es), this run has 1" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def tiny_run(train_store, tmp_path_factory) -> Path:  # noqa: F811
     run = tmp_path_factory.mktemp("obs") / "run"
     # the tiny store gives one optimizer step per epoch: 2 epochs = 2 epoch files
     assert train_main(["run", "stage1", "--store", train_store, "--out", str(run),
-                       "--recipe", "tiny", "optim.epochs=2"]) == 0
+                       "--recipe", "tiny", "optim.epochs=2", "optim.batch_size=8"]) == 0
     return run
 
 
@@ -71,7 +71,7 @@ def test_average_of_the_run_loads(tiny_run, tmp_path):
 
 
 def test_bench_trainer_reports(train_store):  # noqa: F811
-    cfg = load_config("stage1", "tiny", [], {"data.store": train_store})
+    cfg = load_config("stage1", "tiny", ["optim.batch_size=8"], {"data.store": train_store})
     r = bench_trainer(cfg, steps=2, warmup=1, device="cpu", num_batches=2)
     assert r["bare_s_per_step"] > 0 and r["trainer_s_per_step"] > 0
     assert 0 <= r["data_wait_fraction"] < 1 and r["trainer"]["checkpoints_in_window"] == 2

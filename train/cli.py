@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,7 +26,6 @@ PLUGINS = {
     "average": ("train.export:main_average", "weight averaging over a run's epoch files"),
     "bench": ("train.bench:main", "trainer benchmarks (step time, overhead, throughput)"),
 }
-RUN_PARTS = ("checkpoints", "tb", "images", "metrics.jsonl", "summary.json", "config.yaml")
 
 
 def _run_parser(sub: argparse._SubParsersAction) -> None:
@@ -79,17 +77,6 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
-def _fresh(run_dir: Path) -> None:
-    if os.environ.get("RANK", "0") != "0" or not run_dir.is_dir():
-        return
-    for part in RUN_PARTS:
-        p = run_dir / part
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
-
-
 def _init_family(init: str) -> str | None:
     """The model family of a fine-tuning init checkpoint (picks e.g. tiny_cav_mae_finetune)."""
     from train.trained import load_checkpoint
@@ -119,7 +106,6 @@ def run_command(args: argparse.Namespace) -> int:
         cfg = load_config(args.stage, args.recipe, args.overrides, keys, model=family)
         cfg.meta.command = ["train", "run", args.stage, *sys.argv[3:]] if sys.argv else []
         if args.fresh:
-            _fresh(args.out)
             _say(f"starting {args.out} afresh (--fresh): {config_summary(cfg)}")
         elif last_file(args.out).exists():
             _say(f"resuming {args.out} from {last_file(args.out)}")
@@ -128,7 +114,7 @@ def run_command(args: argparse.Namespace) -> int:
         from train.config import git_revision
 
         cfg.meta.git_revision = git_revision()
-        train(cfg, args.out, device=args.device)
+        train(cfg, args.out, device=args.device, fresh=args.fresh)
     except (ConfigError, DataError, StageError, CheckpointError, TrainingError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2

@@ -29,6 +29,7 @@ from train.config import save_config, to_plain
 from train.data import accumulation, build_loader, open_train_store, steps_per_epoch, vocabulary
 from train.resume import (
     FORMAT_VERSION,
+    clear_run,
     load_resume_state,
     remove_stale_temps,
     rng_state,
@@ -95,11 +96,16 @@ def _loss_fn(cfg: DictConfig, view_mixup: bool):
     return (bce if kind == "bce" else ce), kind
 
 
-def train(cfg: DictConfig, run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
-    """Run (or resume) one stage into ``run_dir``; returns the summary (rank 0)."""
+def train(cfg: DictConfig, run_dir: str | Path, device: str = "auto", fresh: bool = False
+          ) -> dict[str, Any]:
+    """Run (or resume) one stage into ``run_dir``; returns the summary (rank 0).
+    ``fresh``: discard what RUN holds first (rank 0, before any rank looks at it)."""
     run_dir = Path(run_dir)
     d = distributed.setup(device)
     try:
+        if fresh and d.is_main:
+            clear_run(run_dir)
+        distributed.barrier(d)
         return _train(cfg, run_dir, d)
     finally:
         distributed.teardown()
@@ -235,7 +241,7 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
                     if k.startswith("loss") and torch.is_tensor(v) and v.ndim == 0:
                         terms[k] = terms.get(k, 0.0) + v.detach().float() / accum
             if bad:
-                values = ", ".join(f"{k}={float(v):.4g}" for k, v in out.items()
+                values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items()
                                    if k.startswith("loss") and torch.is_tensor(v) and v.ndim == 0)
                 if cfg.train.nonfinite == "stop":
                     raise TrainingError(

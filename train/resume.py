@@ -141,6 +141,21 @@ def step_files(run_dir: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _STEP.match(p.name))
 
 
+RUN_PARTS = ("checkpoints", "tb", "images", "metrics.jsonl", "summary.json", "config.yaml")
+
+
+def clear_run(run_dir: Path) -> None:
+    """``--fresh``: remove what a previous run wrote into RUN (only what the trainer writes)."""
+    import shutil
+
+    for part in RUN_PARTS:
+        p = Path(run_dir) / part
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
 def remove_stale_temps(run_dir: Path) -> list[Path]:
     """Temp files a kill left in the checkpoint folder (never a final name)."""
     folder = Path(run_dir) / CKPT_DIR

@@ -15,6 +15,22 @@ The contract between the trainer (writer), ``evaluate`` and the workflows (reade
   arguments it was built with (``num_classes`` for classifiers), and
   ``config["data"]`` holds ``norm`` (the normalisation preset), ``store`` and
   ``vocabulary`` (the store's class ids, labels.parquet ``mid`` in ``index`` order).
+
+What the trainer (train/loop.py, train/resume.py) writes under that contract:
+
+* ``checkpoints/step_NNNNNNNN.pt`` every ``train.ckpt_every`` steps and at each epoch end,
+  ``checkpoints/epoch_EEEE.pt`` (a hard link to the step file of that epoch end, E counted
+  from 1) and ``checkpoints/last.pt`` (a hard link to the newest step file); besides
+  ``model`` and ``config`` they hold the resume state (optimizer, scheduler, scaler, loader
+  and RNG state per rank, step, epoch, world size; see train/resume.py).
+* A stage-2 checkpoint stores the STUDENT alone as a plain ``mavil`` model
+  (``config["model"]["kwargs"]["target"] == "features"``, ``target_dim`` = the teacher's
+  width), so :func:`load_trained` rebuilds it without the teacher; ``config["stage2"]``
+  holds ``chain`` (the step files of every teacher so far, stage 1 first) and ``iteration``.
+* ``config["model"]["kwargs"]`` always holds the input sizes it was built with
+  (``audio_size``, ``img_size``, ``num_frames`` where the model takes them), and
+  ``config["data"]`` also ``norm_values`` (the resolved preset: name, mean, std, scale),
+  ``audio_frames``, ``video_size``, ``num_frames`` and ``view``.
 """
 
 from __future__ import annotations
