@@ -89,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_args(p)
     p.set_defaults(func=cmd_build)
 
+    p = sub.add_parser("make-synthetic", help="generate the labelled ffmpeg-made set: "
+                       "OUT/media, OUT/manifest.csv, OUT/labels.csv (pipeline/synthetic.py)")
+    p.add_argument("--out", required=True, help="output folder (new or a resumed set)")
+    p.add_argument("--clips", type=int, default=160)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duration-range", type=float, nargs=2, default=(4.0, 10.0),
+                   metavar=("MIN", "MAX"), help="clip length in seconds (4 10)")
+    p.add_argument("--eval-fraction", type=float, default=0.2)
+    p.add_argument("--jobs", type=int, default=2, help="ffmpeg processes at once")
+    p.add_argument("--ffmpeg")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_make_synthetic)
+
     p = sub.add_parser("stats", help="fbank mean/std of the train split -> store.json")
     p.add_argument("store")
     p.add_argument("--split", default="train", help="split to measure ('all' for every clip)")
@@ -183,6 +196,17 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.manifest)
     builder = read_generic(args.manifest, vocabulary, ManifestBuilder())
     return _finish(builder, vocabulary, args, args.name)
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from pipeline.synthetic import make_synthetic
+
+    summary = make_synthetic(args.out, args.clips, args.seed, tuple(args.duration_range),
+                             args.eval_fraction, args.jobs, args.ffmpeg, not args.no_progress)
+    print(f"{summary['clips']} clips ({summary['train']} train / {summary['eval']} eval, "
+          f"{summary['written']} written in {summary['seconds']} s) -> {summary['out']}; "
+          f"chance eval mAP {summary['chance_mAP_eval']}")
+    return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from synthetic_fixtures import synthetic_store, synthetic_store_factory  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 

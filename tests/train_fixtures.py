@@ -2,7 +2,8 @@
 
 16 clips of 4 s (cut from the five files of ``../shared/data/media``): audio+video (bunny,
 earth), video without audio (cityCC0) and audio without video (speech, house), five labels
-by source, 13 train / 3 eval, 4 per shard. Built once per session with the pipeline's own shard task.
+by source, 13 train / 3 eval, 4 per shard. Built once per session with the pipeline's own
+shard task.
 """
 
 from __future__ import annotations

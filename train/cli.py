@@ -90,6 +90,14 @@ def _fresh(run_dir: Path) -> None:
             p.unlink()
 
 
+def _init_family(init: str) -> str | None:
+    """The model family of a fine-tuning init checkpoint (picks e.g. tiny_cav_mae_finetune)."""
+    from train.trained import load_checkpoint
+
+    name = load_checkpoint(init)["config"].get("model", {}).get("name")
+    return name if name and name != "mavil" else None
+
+
 def run_command(args: argparse.Namespace) -> int:
     from train.checkpoints import CheckpointError
     from train.config import ConfigError, load_config
@@ -99,16 +107,16 @@ def run_command(args: argparse.Namespace) -> int:
     from train.stages import StageError
 
     keys = {"data.store": args.store}
-    recipe = args.recipe
+    family = None
     if args.stage == "stage1" and args.model:
-        keys["model.name"] = args.model
-        recipe = recipe or (None if args.model == "mavil" else args.model)
+        keys["model.name"] = family = args.model
     if args.stage == "stage2":
         keys.update({"stage2.teacher": args.teacher, "stage2.iteration": args.iteration})
-    if args.stage == "finetune":
-        keys.update({"finetune.init": args.init, "finetune.mode": args.mode})
     try:
-        cfg = load_config(args.stage, recipe, args.overrides, keys)
+        if args.stage == "finetune":
+            keys.update({"finetune.init": args.init, "finetune.mode": args.mode})
+            family = _init_family(args.init)
+        cfg = load_config(args.stage, args.recipe, args.overrides, keys, model=family)
         cfg.meta.command = ["train", "run", args.stage, *sys.argv[3:]] if sys.argv else []
         if args.fresh:
             _fresh(args.out)

@@ -53,6 +53,7 @@ class DataConfig:
     samples_per_epoch: int | None = None  # balanced: draws per epoch (AS-2M: 200,000)
     view: str = "mavil_pretrain"        # a store.views.presets name
     norm: str = "audiomae"              # normalisation preset (store/views/norm.py) or "store"
+    norm_values: dict[str, Any] = field(default_factory=dict)  # filled: {name, mean, std, scale}
     audio_frames: int = 1024
     video_size: int = 224
     num_frames: int = 8
@@ -135,14 +136,16 @@ class Config:
     meta: dict[str, Any] = field(default_factory=dict)   # filled: git revision, command...
 
 
-def recipe_path(name: str, stage: str) -> Path:
-    """The YAML file of a recipe name (``NAME_STAGE.yaml``, then ``NAME.yaml``) or path."""
+def recipe_path(name: str, stage: str, model: str | None = None) -> Path:
+    """The YAML file of a recipe name or path: ``NAME_MODEL_STAGE.yaml`` (when a peer model is
+    named, e.g. tiny_cav_mae_stage1), then ``NAME_STAGE.yaml``, then ``NAME.yaml``."""
     p = Path(name)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
             raise ConfigError(f"recipe file {p} does not exist")
         return p
-    for candidate in (RECIPES / f"{name}_{stage}.yaml", RECIPES / f"{name}.yaml"):
+    first = [RECIPES / f"{name}_{model}_{stage}.yaml"] if model else []
+    for candidate in (*first, RECIPES / f"{name}_{stage}.yaml", RECIPES / f"{name}.yaml"):
         if candidate.is_file():
             return candidate
     known = sorted({f.stem.removesuffix(f"_{s}") for f in RECIPES.glob("*.yaml") for s in STAGES
@@ -160,12 +163,15 @@ def _merge(base: DictConfig, other: Any, what: str) -> DictConfig:
 
 
 def load_config(stage: str, recipe: str | None = None, overrides: list[str] = (),
-                set_keys: dict[str, Any] | None = None) -> DictConfig:
-    """Schema <- recipe YAML <- ``set_keys`` (dotted keys from CLI flags) <- ``overrides``."""
+                set_keys: dict[str, Any] | None = None, model: str | None = None
+                ) -> DictConfig:
+    """Schema <- recipe YAML <- ``set_keys`` (dotted keys from CLI flags) <- ``overrides``.
+    ``model``: the model family (for ``NAME_MODEL_STAGE.yaml`` recipes)."""
     set_keys = set_keys or {}
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    path = recipe_path(recipe or DEFAULT_RECIPE[stage], stage)
+    default = DEFAULT_RECIPE[stage] if model in (None, "mavil") else model
+    path = recipe_path(recipe or default, stage, None if model == "mavil" else model)
     cfg = OmegaConf.structured(Config)
     try:
         recipe_cfg = OmegaConf.load(path)

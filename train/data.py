@@ -21,7 +21,6 @@ a tail too short for a whole optimizer step is dropped (drop_last).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 from collections.abc import Iterator
 from typing import Any
@@ -62,24 +61,11 @@ def vocabulary(store: Store) -> list[str]:
     return [str(mids[i]) for i in order]
 
 
-def _norm_kwargs(norm: str, store: Store) -> dict[str, Any]:
-    if "norm" in inspect.signature(make_view).parameters:
-        return {"norm": norm}
-    # until the named presets (store/views/norm.py) land: the two presets recipes use
-    from store.datasets import fbank_stats
-
-    if norm == "store":
-        return {**fbank_stats(store), "std_scale": 2.0}
-    if norm == "audiomae":
-        return {"std_scale": 2.0}
-    raise DataError(f"normalisation preset {norm!r} needs store/views/norm.py")
-
-
 def build_view(cfg: Any, store: Store, num_classes: int | None, train: bool = True
                ) -> SampleView:
     """The recipe's view: preset name, normalisation, augmentation, input sizes."""
     d = cfg.data
-    kw: dict[str, Any] = dict(_norm_kwargs(d.norm, store))
+    kw: dict[str, Any] = {"norm": d.norm, "labels": bool(num_classes)}
     if num_classes:
         kw.update(num_classes=num_classes, multi_label=d.multi_label)
     for key in ("time_mask", "freq_mask", "mixup", "noise_snr_db"):
@@ -92,9 +78,10 @@ def build_view(cfg: Any, store: Store, num_classes: int | None, train: bool = Tr
         view = make_view(d.view, **kw, **video_kw)
     except (TypeError, ValueError) as exc:
         raise DataError(f"view {d.view!r}: {exc}") from None
-    if hasattr(view, "for_store"):  # fills "store" norm stats / vocabulary size
-        view = view.for_store(store.vocabulary.num_rows if store.vocabulary is not None else 0,
-                              store.spec.stats)
+    try:  # the "store" preset's mean / std from store.json (the datasets would do it too)
+        view = view.for_store(store.vocabulary.num_rows, store.spec.stats)
+    except ValueError as exc:
+        raise DataError(f"data.norm={d.norm!r}: {exc}") from None
     unused = {m: None for m in ("audio", "video") if m not in cfg.model.inputs}
     if unused:  # do not decode what the model never sees (e.g. video for audio fine-tuning)
         view = dataclasses.replace(view, **unused)

@@ -47,10 +47,7 @@ class TrainingError(RuntimeError):
 
 
 def _logger(run_dir: Path, rank: int, start_step: int, log_every: int) -> Any:
-    try:
-        from train.observe import make_logger  # TensorBoard, metrics.jsonl, tqdm, summary
-    except ImportError:  # until train/observe.py lands
-        from train._log_fallback import make_logger
+    from train.observe import make_logger  # TensorBoard, metrics.jsonl, tqdm, summary
 
     return make_logger(run_dir, rank, start_step=start_step, log_every=log_every)
 
@@ -118,6 +115,8 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
     if cfg.stage == "finetune":
         cfg.model.inputs = MODE_INPUTS[cfg.finetune.mode]
     loader = build_loader(cfg, store, d.rank, d.world_size, num_classes)
+    audio_view = loader.dataset.view.audio
+    cfg.data.norm_values = audio_view.norm.to_dict() if audio_view is not None else {}
     accum = accumulation(cfg.optim.batch_size, cfg.data.batch_size, d.world_size)
     spe = steps_per_epoch(loader, cfg.data.batch_size, accum)
     if spe < 1:
@@ -125,16 +124,19 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
             f"split {cfg.data.split!r} gives {loader.per_rank} samples per rank, fewer than one "
             f"optimizer step ({cfg.data.batch_size} x {accum} micro-batches); lower "
             "data.batch_size / optim.batch_size")
-    distributed.seed_everything(cfg.train.seed, d.rank)  # model init and masking noise
+    torch.manual_seed(cfg.train.seed)  # model init: the same on every rank
     if cfg.stage == "stage1":
         model, saved_module, notes = build_stage1(cfg)
     elif cfg.stage == "stage2":
         model, saved_module, notes = build_stage2(cfg)
     else:
         model, saved_module, notes = build_finetune(cfg, cfg.data.num_classes)
+    distributed.seed_everything(cfg.train.seed, d.rank)  # masking noise etc.: per rank
     cfg.optim.lr = optim.peak_lr(cfg.optim.base_lr, cfg.optim.batch_size)
     cfg.meta.world_size, cfg.meta.accum_steps, cfg.meta.steps_per_epoch = d.world_size, accum, spe
     model.to(d.device)
+    if not (cfg.stage == "finetune" and cfg.finetune.mode == "av"):
+        cfg.optim.video_lr_scale = 1.0  # the 0.5 of B.3 is for audio+video fine-tuning only
     optimizer = optim.build_optimizer(model, cfg.optim, cfg.stage)
     amp_dtype = _precision(cfg, d.device)
     scaler = torch.amp.GradScaler(d.device.type, enabled=amp_dtype == torch.float16)
@@ -220,7 +222,7 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
                         torch.autocast(d.device.type, amp_dtype or torch.float32,
                                        enabled=amp_dtype is not None):
                     if cfg.stage == "finetune":  # classifiers take audio= / video=
-                        logits = forward_model(**dict(zip(cfg.model.inputs, inputs)))
+                        logits = forward_model(**dict(zip(cfg.model.inputs, inputs, strict=True)))
                         out = {"loss": loss_fn(logits, batch["label"].to(d.device))}
                     else:
                         out = forward_model(*inputs)

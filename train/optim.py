@@ -2,10 +2,10 @@
 
 Hyper-parameters by ``optim.preset``:
 
-| preset        | betas         | weight decay                      | source                        |
-| ------------- | ------------- | --------------------------------- | ----------------------------- |
-| table10       | (0.9, 0.95)   | 1e-5 (every column)               | MAViL Table 10                |
-| audiomae_code | PT (0.9, 0.95), FT (0.9, 0.999) | PT 1e-4, FT 5e-4 | AudioMAE main_pretrain.py / main_finetune_as.py and run scripts |
+- ``table10``: betas (0.9, 0.95), weight decay 1e-5, every column (MAViL Table 10).
+- ``audiomae_code``: pre-training betas (0.9, 0.95) and weight decay 1e-4, fine-tuning
+  torch's default betas (0.9, 0.999) and weight decay 5e-4 - the AudioMAE code and run
+  scripts as the trainer issue reads them (main_pretrain.py / main_finetune_as.py).
 
 (``optim.betas`` / ``optim.weight_decay`` set in a recipe win over the preset.)
 
@@ -35,7 +35,7 @@ from torch import nn
 
 _TOKENS = ("cls_token", "mask_token", "bottleneck", "modality_a", "modality_v",
            "mask_token_a", "mask_token_v")
-_BLOCK = re.compile(r"(?:^|\.)(?:audio_encoder|video_encoder|encoder)?\.?blocks(?:_[a-z])?\.(\d+)\.")
+_BLOCK = re.compile(r"(?:^|\.)blocks(?:_[a-z])?\.(\d+)\.")  # encoder block i (CAV-MAE: blocks_a)
 _EMBED = ("patch_embed", "cls_token", "pos_embed")
 
 
@@ -100,7 +100,8 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | Non
 def build_optimizer(model: nn.Module, cfg: Any, stage: str) -> torch.optim.AdamW:
     betas, wd = resolve_hparams(cfg, stage)
     groups = param_groups(model, wd, cfg.layer_decay, cfg.video_lr_scale, cfg.decay_tokens)
-    return torch.optim.AdamW(groups, lr=float(cfg.lr), betas=betas, weight_decay=wd)
+    lr = cfg.lr if cfg.lr is not None else peak_lr(cfg.base_lr, cfg.batch_size)
+    return torch.optim.AdamW(groups, lr=float(lr), betas=betas, weight_decay=wd)
 
 
 def peak_lr(base_lr: float, batch_size: int) -> float:

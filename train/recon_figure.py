@@ -34,8 +34,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from store.views.audio import AUDIOSET_MEAN, AUDIOSET_STD  # noqa: E402
+from store.views.norm import PRESETS  # noqa: E402
 from store.views.render import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+AUDIOSET_MEAN, AUDIOSET_STD = PRESETS["audiomae"].mean, PRESETS["audiomae"].std
 
 ROWS = ("original", "masked input", "reconstruction (visible patches kept)")
 
@@ -185,8 +187,9 @@ def display_norm(view: object | None) -> dict[str, object]:
     audio = getattr(view, "audio", None)
     if audio is None:
         return {}
-    return {"audio_mean": float(audio.mean), "audio_std": float(audio.std),
-            "std_scale": float(audio.std_scale)}
+    norm = audio.norm  # store/views/norm.py: (x - mean) / (scale * std)
+    return {"audio_mean": float(norm.mean), "audio_std": float(norm.std),
+            "std_scale": float(norm.scale)}
 
 
 def _flag(batch: dict, key: str, i: int) -> bool:

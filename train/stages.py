@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -47,22 +48,18 @@ FINETUNE_MODELS = {
 MODE_INPUTS = {"audio": ["audio"], "video": ["video"], "av": ["audio", "video"]}
 
 
-def _mavil_family(name: str) -> bool:
-    return name.startswith("mavil") or name in ("audio_mae", "video_mae")
+def _input_keys(name: str) -> tuple[str, ...]:
+    """The input-size kwargs a model family takes (CAV-MAE: one frame, no num_frames)."""
+    return ("audio_size", "img_size") if name.startswith("cav_mae") else _INPUT_KEYS
 
 
 def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """The recipe's model kwargs, with the MAViL family's input sizes from ``data``."""
+    """The recipe's model kwargs, with the input sizes from ``data`` (one place sets them)."""
     kw = dict(OmegaConf.to_container(cfg.model.kwargs, resolve=True))
-    if _mavil_family(cfg.model.name):
-        d = cfg.data
-        kw.update(audio_size=[d.audio_frames, 128], img_size=d.video_size)
-        if cfg.model.name != "audio_mae":
-            kw["num_frames"] = d.num_frames
-        if cfg.model.name == "audio_mae":
-            kw.pop("img_size")
-        if cfg.model.name == "video_mae":
-            kw.pop("audio_size")
+    d = cfg.data
+    sizes = {"audio_size": [d.audio_frames, 128], "img_size": d.video_size,
+             "num_frames": d.num_frames}
+    kw.update({k: sizes[k] for k in _input_keys(cfg.model.name)})
     return kw
 
 
@@ -158,6 +155,8 @@ def build_stage2(cfg: DictConfig) -> tuple[nn.Module, nn.Module, dict[str, Any]]
                         "target_dim": teacher.dim}
     cfg.model.kwargs = model_kwargs(cfg)  # the student's build kwargs, saved as a plain mavil
     student_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model.kwargs.items()}
+    # a fresh student (Sec. 3.3), and not the stage-1 initialisation again: its own seed
+    torch.manual_seed(cfg.train.seed + 1000 * len(chain))
     student = MAViL(size=cfg.model.size, **student_kw)
     model = MAViLStage2(student, freeze(teacher), cfg.stage2.target, cfg.stage2.target_norm,
                         {"size": cfg.model.size, **student_kw})
