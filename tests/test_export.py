@@ -94,6 +94,10 @@ def test_export_refuses_a_finetuned_checkpoint_and_a_pickle(tmp_path, capsys):
     for bad in (evil, raw):
         with pytest.raises(CheckpointError, match=f"{bad.name}: refused: .*could run code"):
             export_encoder(bad, tmp_path / "y.pt")
+    wrong = _save(tmp_path / "wrong.pt", build_model("mavil", "tiny", **KW),
+                  _config(kwargs={**KW, "img_size": 32}), 1, 1)  # config and weights disagree
+    with pytest.raises(CheckpointError, match="wrong.pt: its weights do not fit"):
+        export_encoder(wrong, tmp_path / "y.pt")
     cut = tmp_path / "cut.pt"
     cut.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="cut.pt: truncated or damaged"):

@@ -9,9 +9,10 @@ containers only, so ``torch.load(path, weights_only=True)`` reads it:
 "epoch"}``, with ``config["export"]`` / ``config["average"]`` saying what was done.
 
 * ``export`` keeps what fine-tuning keeps (MAE / AudioMAE ``main_finetune.py`` load the
-  encoder and drop the decoder): for MAViL the audio and video encoders and the fusion
-  encoder, without ``*_decoder.*`` (and without mask tokens); a model that lists its
-  encoder (CAV-MAE ``encoder_keys()``) decides itself. Optimizer and loader state are left
+  encoder and drop the decoder), as :func:`train.checkpoints.encoder_state_dict` decides:
+  for MAViL the audio and video encoders and the fusion encoder, without ``*_decoder.*``
+  and mask tokens; a model that lists its encoder (CAV-MAE ``encoder_keys()``) decides
+  itself. Optimizer and loader state are left
   out. ``config["stage"]`` stays ``stage1`` / ``stage2``, so the file is a valid
   ``train run finetune --init`` (``MAViLClassifier.load_pretrained`` loads every encoder
   key from it) and a stage-2 teacher; other projects read ``["model"]``
@@ -39,7 +40,7 @@ from typing import Any
 
 import torch
 
-from train.checkpoints import CheckpointError
+from train.checkpoints import CheckpointError, encoder_state_dict
 from train.trained import resolve_checkpoint
 
 FORMAT_VERSION = 1
@@ -95,27 +96,24 @@ def _payload(model: dict[str, torch.Tensor], ckpt: dict[str, Any], **config_note
 
 
 # --------------------------------------------------------------------------- export
-def _is_decoder(key: str) -> bool:
-    return any(part.startswith(("decoder", "mask_token")) or part.endswith("_decoder")
-               for part in key.split("."))
+def encoder_weights(state: dict[str, torch.Tensor], config: dict[str, Any], source: Path
+                    ) -> dict[str, torch.Tensor]:
+    """The tensors fine-tuning keeps, chosen by :func:`train.checkpoints.encoder_state_dict`
+    on the run's model (built on the meta device from the config, the weights assigned
+    without copying, so a checkpoint that does not fit the model is refused)."""
+    from train.models import build_model
 
-
-def encoder_keys(state: dict[str, torch.Tensor], config: dict[str, Any]) -> list[str]:
-    """The keys fine-tuning keeps: the model's own ``encoder_keys()`` when it has one
-    (built on the meta device, no memory), otherwise every non-decoder key."""
     spec = config.get("model", {})
     try:
-        from train.models import build_model
-
         with torch.device("meta"):
             model = build_model(spec["name"], spec.get("size", "base"),
                                 **dict(spec.get("kwargs", {})))
-    except Exception:  # noqa: BLE001 - an unknown model still exports by key names
-        model = None
-    if model is not None and hasattr(model, "encoder_keys"):
-        keep = set(model.encoder_keys())
-        return [k for k in state if k in keep]
-    return [k for k in state if not _is_decoder(k)]
+        model.load_state_dict(state, strict=True, assign=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{source}: its weights do not fit the model its config names "
+                              f"({spec.get('name')}/{spec.get('size')}): {first[:200]}") from None
+    return encoder_state_dict(model)
 
 
 def export_encoder(source: str | Path, out: str | Path) -> dict[str, Any]:
@@ -128,14 +126,12 @@ def export_encoder(source: str | Path, out: str | Path) -> dict[str, Any]:
                               "(stage1 / stage2) checkpoint (a fine-tuned one is the result: "
                               "use it as it is)")
     state = ckpt["model"]
-    keep = encoder_keys(state, ckpt["config"])
-    if not keep:
-        raise CheckpointError(f"{src}: no encoder weights found")
-    dropped = [k for k in state if k not in set(keep)]
+    encoder = encoder_weights(state, ckpt["config"], src)
+    dropped = [k for k in state if k not in encoder]
     note = {"encoder_only": True, "source": str(src), "dropped": _groups(dropped)}
-    write_weights(out, _payload({k: state[k] for k in keep}, ckpt, export=note))
-    return {"source": str(src), "out": str(out), "kept": len(keep), "dropped": len(dropped),
-            "kept_params": sum(state[k].numel() for k in keep),
+    write_weights(out, _payload(encoder, ckpt, export=note))
+    return {"source": str(src), "out": str(out), "kept": len(encoder), "dropped": len(dropped),
+            "kept_params": sum(v.numel() for v in encoder.values()),
             "dropped_groups": note["dropped"]}
 
 
