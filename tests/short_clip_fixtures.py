@@ -80,7 +80,7 @@ def make_speechcommands(root: Path, shared: Path, version: str = "v0.02",
             elif i == per_word - 2:
                 valid.append(f"{word}/{name}")
     noise = top / "_background_noise_"
-    cut(shared / "data" / "media" / "house_lo.ogg", noise / "running_tap.wav", 0.0, 12.0, 16000)
+    cut(shared / "data" / "media" / "house_lo.ogg", noise / "running_tap.wav", 0.0, 12.5, 16000)
     cut(shared / "data" / "media" / "speech_two_speakers.wav", noise / "dude_miaowing.wav",
         3.0, 4.5, 16000)
     (noise / "README.md").write_text("background noise recordings\n")
