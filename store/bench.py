@@ -162,20 +162,19 @@ def run_bench(
             log(f"building a {len(plan)}-clip store from {media_dir} ...")
             store = build_sample_store(Path(tmp) / "store", media_dir, "zarr", plan, shards=2)
         st = open_store(store)
-        mean = float(st.spec.stats.get("fbank_mean", -4.268))
-        std = float(st.spec.stats.get("fbank_std", 4.569))
         ds = StreamingDataset(
             st,
-            make_view("mavil_pretrain", mean=mean, std=std, decode=decode),
+            make_view("mavil_pretrain", norm="store", decode=decode),
             require=("audio", "video"),
             seed=0,
         )
+        norm = ds.view.audio.norm  # the store's own stats, as the view uses them
         order = ds.epoch_order()
         clips = ds.read([int(i) for i in order[: min(len(order), 64)]])
         base_dir = Path(tmp) / "baseline"
         base_dir.mkdir()
         baseline = OfficialStyleSampler(
-            build_baseline(clips, base_dir, media_dir), base_dir, mean, std
+            build_baseline(clips, base_dir, media_dir), base_dir, norm.mean, norm.scale * norm.std
         )
         rng = np.random.default_rng(0)
 

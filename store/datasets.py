@@ -49,18 +49,6 @@ def _open(store: str | Store) -> Store:
     return store if isinstance(store, Store) else open_store(str(store))
 
 
-def fbank_stats(store: str | Store) -> dict[str, float]:
-    """{"mean", "std"} for make_view: the store's own stats (store.json "stats", computed by
-    the pipeline on its training split), else Table 10's AudioSet values."""
-    from store.views.audio import AUDIOSET_MEAN, AUDIOSET_STD
-
-    stats = _open(store).spec.stats or {}
-    return {
-        "mean": float(stats.get("fbank_mean", AUDIOSET_MEAN)),
-        "std": float(stats.get("fbank_std", AUDIOSET_STD)),
-    }
-
-
 def select_clips(
     store: Store, split: str | Sequence[str] | None = None, require: Sequence[str] = ()
 ) -> pa.Table:
@@ -83,7 +71,8 @@ class _ClipSource:
         self, store: str | Store, view: SampleView, split: Any, require: Sequence[str], seed: int
     ) -> None:
         self.store = _open(store)
-        self.view = view
+        # labels default to the vocabulary's size, norm "store" to store.json's stats
+        self.view = view.for_store(self.store.vocabulary.num_rows, self.store.spec.stats)
         self.seed = int(seed)
         self.epoch = 0
         table = select_clips(self.store, split, require)

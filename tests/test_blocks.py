@@ -21,7 +21,7 @@ from train.models.masking import (
     time_freq_masking,
 )
 from train.models.patch_embed import AudioPatchEmbed, VideoPatchEmbed, inflate_patch_embed_weight
-from train.models.pos_embed import get_2d_sincos_pos_embed, get_3d_sincos_pos_embed
+from train.models.pos_embed import get_2d_sincos_pos_embed, video_pos_embed
 
 torch.set_num_threads(1)
 
@@ -139,7 +139,7 @@ def test_2d_sincos_matches_hand_formula_on_audio_grid():
 
 
 def test_3d_sincos_splits_time_and_space():
-    emb = get_3d_sincos_pos_embed(32, 4, 14, 14)
+    emb = video_pos_embed(32, 4, 14, 14, "3d")
     assert emb.shape == (784, 32)
     for t, r, c in [(0, 0, 0), (2, 3, 11), (3, 13, 13)]:
         ref = torch.tensor(_sincos_1d(8, t) + _sincos_1d(12, c) + _sincos_1d(12, r))

@@ -50,6 +50,22 @@ def check_coverage(src, model, mapped, report):
     assert all(mapped[k].shape == target[k].shape for k in mapped)
 
 
+H_DEC = torch.randn(2, 8, 64, 512, generator=torch.Generator().manual_seed(0))  # f-major
+
+
+def official_audio_prediction(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """CAV-MAE forward_decoder + unpatchify(c=1, h=8, w=64) on frequency-major features,
+    transposed to [B, 1, T, F]."""
+    pred = H_DEC.reshape(2, 512, -1) @ weight.t() + bias
+    img = torch.einsum("nhwpqc->nchpwq", pred.reshape(2, 8, 64, 16, 16, 1))
+    return img.reshape(2, 1, 128, 1024).transpose(2, 3)
+
+
+def our_audio_prediction(model, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    pred = H_DEC.transpose(1, 2).reshape(2, 512, -1) @ weight.t() + bias   # time-major
+    return model.patch_embed_a.unpatchify(pred)
+
+
 def test_image_mae_vit_b_initialises_cav_mae_like_adapt_vmae_weights():
     src = materialise(image_mae_shapes())                       # mae_pretrain_vit_base_full
     assert src["patch_embed.proj.weight"].shape == (768, 3, 16, 16)
@@ -78,7 +94,14 @@ def test_image_mae_vit_b_initialises_cav_mae_like_adapt_vmae_weights():
                           w.sum(1, keepdim=True).transpose(2, 3))
     assert torch.equal(mapped["pos_embed_v"], src["pos_embed"][:, 1:])
     assert torch.equal(mapped["decoder_pos_embed_v"], src["decoder_pos_embed"][:, 1:])
-    assert torch.equal(mapped["decoder_pred_a.weight"], src["decoder_pred.weight"][:256])
+    # adapt_vmae_weights.py: decoder_pred_a <- decoder_pred[:256], read by CAV-MAE as
+    # (freq, time) patch pixels. The official prediction, unpatchified to its [B,1,F,T]
+    # spectrogram, must equal ours unpatchified to [B,1,T,F], transposed.
+    official_pred = official_audio_prediction(src["decoder_pred.weight"][:256],
+                                              src["decoder_pred.bias"][:256])
+    ours_pred = our_audio_prediction(model, mapped["decoder_pred_a.weight"],
+                                     mapped["decoder_pred_a.bias"])
+    assert torch.allclose(ours_pred, official_pred, atol=1e-4, rtol=1e-5)
     assert torch.equal(mapped["decoder_pred_v.weight"], src["decoder_pred.weight"])
     assert torch.equal(mapped["decoder_blocks.7.norm2.weight"],
                        src["decoder_blocks.7.norm2.weight"])
@@ -95,20 +118,27 @@ def test_image_mae_initialises_the_mavil_video_encoder_inflated(tmp_path):
     mapped = {k: model.state_dict()[k] for k in report.loaded}
     check_coverage(src, model, mapped, report)
     assert all(k.startswith("video_encoder.") for k in report.loaded)
-    assert "grid differs" in report.ignored["pos_embed"]        # 196 vs 1 + 784 positions
+    assert "separable" in report.loaded["video_encoder.pos_embed"]
     assert "not requested" in report.ignored["decoder_pred.weight"]
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in report.missing)
     assert torch.equal(after["video_encoder.cls_token"], src["cls_token"])
     assert torch.equal(after["video_encoder.blocks.1.mlp.fc1.weight"],
                        src["blocks.1.mlp.fc1.weight"])
-    # inflated kernel on a static clip == the image model's 2-D patch embedding per frame
+    # a static clip: each frame's tokens minus the temporal term equal the image model's
+    # block input, MAE forward_encoder's patch_embed(x) + pos_embed[:, 1:] (here at the
+    # 224-px grid the image model was trained on)
     frame = torch.randn(2, 3, 224, 224)
     clip = frame[:, None].expand(2, 8, 3, 224, 224)
-    tokens = model.video_encoder.patch_embed(clip)              # [2, 4 * 196, 64]
-    ref = F.conv2d(frame, src["patch_embed.proj.weight"], src["patch_embed.proj.bias"],
-                   stride=16).flatten(2).transpose(1, 2)
-    assert torch.allclose(tokens, ref.repeat(1, 4, 1), atol=1e-3, rtol=1e-4)
+    with torch.no_grad():
+        tokens = model.video_encoder.embed(clip).reshape(2, 4, 196, 64)
+    image_input = F.conv2d(frame, src["patch_embed.proj.weight"], src["patch_embed.proj.bias"],
+                           stride=16).flatten(2).transpose(1, 2) + src["pos_embed"][:, 1:]
+    omega = 1.0 / 10000 ** (torch.arange(32, dtype=torch.float64) / 32)   # 1-D sin-cos, D=64
+    angle = torch.arange(4, dtype=torch.float64)[:, None] * omega[None]
+    temporal = torch.cat([angle.sin(), angle.cos()], dim=1).float()     # [4 steps, 64]
+    for t in range(4):
+        assert torch.allclose(tokens[:, t] - temporal[t], image_input, atol=1e-3, rtol=1e-4)
 
 
 def test_audio_mae_pretrained_maps_encoder_and_reports_swin_decoder():
@@ -223,3 +253,17 @@ def test_mapping_report_command(tmp_path, capsys):
     assert "decoder is dropped for fine-tuning" in out and "'mlp_head.*': 4" in out
     assert main([str(tmp_path / "absent.pth"), "--model", "cav_mae", "--size", "tiny"]) == 1
     assert "absent.pth: checkpoint file not found" in capsys.readouterr().out
+    # the three public layouts with the new tables: MAE -> MAViL video (separable), AudioMAE
+    # -> Audio-MAE (its table copies as is), MAE -> CAV-MAE (decoder_pred_a reordered)
+    mae = tmp_path / "mae_tiny.pth"
+    torch.save({"model": materialise(image_mae_shapes(dim=64, depth=2, dec_dim=32,
+                                                      dec_depth=1))}, mae)
+    assert main([str(mae), "--model", "mavil", "--size", "tiny"]) == 0
+    assert "'pos_embed': 1" not in capsys.readouterr().out.split("ignored", 1)[-1]
+    audio = tmp_path / "audiomae_tiny.pth"
+    torch.save({"model": materialise(audio_mae_shapes(dim=64, depth=2, dec_dim=32,
+                                                      dec_depth=1))}, audio)
+    assert main([str(audio), "--model", "audio_mae", "--size", "tiny", "--with-decoder"]) == 0
+    assert "filled" in capsys.readouterr().out
+    assert main([str(mae), "--model", "cav_mae", "--size", "tiny", "--with-decoder"]) == 0
+    assert "ignored" in capsys.readouterr().out

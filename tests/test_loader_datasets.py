@@ -204,16 +204,18 @@ def test_gpu_nvjpeg_decode_matches_cpu_view(zarr_store: str, name: str) -> None:
     _gpu_vs_cpu(zarr_store, "cuda", name)
 
 
-def test_fbank_stats_come_from_the_store(zarr_store: str) -> None:  # noqa: F811
-    from store.datasets import fbank_stats
-
+def test_store_norm_comes_from_the_store(zarr_store: str) -> None:  # noqa: F811
     st = open_store(zarr_store)
-    stats = fbank_stats(st)
+    ds = ClipDataset(st, make_view("mavil_eval", norm="store"), deterministic=True)
+    norm = ds.view.audio.norm
     # the sample store's stats were measured on its clips, not copied from Table 10
-    assert stats == {"mean": st.spec.stats["fbank_mean"], "std": st.spec.stats["fbank_std"]}
-    assert stats["mean"] != -4.268
+    assert (norm.mean, norm.std, norm.scale) == (st.spec.stats["fbank_mean"],
+                                                st.spec.stats["fbank_std"], 2.0)
+    assert norm.mean != -4.268
     real = torch.cat(
         [c.fbank[: c.audio_frames].double() for c in map(st.get, range(len(st))) if c.has_audio]
     )
-    assert abs(real.mean().item() - stats["mean"]) < 1e-3  # float16 storage rounding
-    assert abs(real.std(unbiased=False).item() - stats["std"]) < 1e-3
+    assert abs(real.mean().item() - norm.mean) < 1e-3  # float16 storage rounding
+    assert abs(real.std(unbiased=False).item() - norm.std) < 1e-3
+    cav = ClipDataset(st, make_view("cavmae_eval", norm="store")).view.audio.norm
+    assert (cav.mean, cav.scale) == (norm.mean, 1.0)  # CAV-MAE divides by std alone

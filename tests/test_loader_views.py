@@ -98,7 +98,8 @@ def test_fbank_normalisation_matches_hand_computation() -> None:
     assert torch.allclose(y[10, 7], (x[10, 7] + 4.268) / 4.569)
     y2 = normalize_fbank(x, -4.268, 4.569, std_scale=2.0)  # AudioMAE's /(2 * std)
     assert torch.allclose(y2[3, 100], (x[3, 100] + 4.268) / (2 * 4.569))
-    view = make_view("audio_eval", mean=-4.0, std=2.0)
+    view = make_view("audio_eval", norm={"mean": -4.0, "std": 2.0, "scale": 1.0},
+                     labels=False)
     fb = torch.randn(998, 128)
     clip = type(
         "C",
@@ -170,7 +171,7 @@ def test_crop_box_matches_torchvision_get_params() -> None:
 
 def test_center_crop_close_to_resize_then_center_crop(zarr_store: str) -> None:  # noqa: F811
     clip = open_store(zarr_store).get("earth_000_0000")
-    ours = make_view("mavil_eval")(clip, g())["video"]
+    ours = make_view("mavil_eval", labels=False)(clip, g())["video"]
     frames = clip.decode_frames()[6:14]  # eval window: centre of 20 frames
     ref = T.Compose(
         [
@@ -230,12 +231,12 @@ def test_eval_views_pick_the_right_frames(zarr_store: str) -> None:  # noqa: F81
     clip = open_store(zarr_store).get("earth_000_0000")
     n = len(clip.frames)
     every = render_frames(clip.decode_frames(), center_square_box(clip.height, clip.width))
-    ten = make_view("mavil_eval10")(clip, g())["video"]
+    ten = make_view("mavil_eval10", labels=False)(clip, g())["video"]
     for k, s in enumerate(eval_starts(n)):
         assert torch.allclose(ten[k], every[window(s, n)])
-    one = make_view("mavil_eval")(clip, g())["video"]
+    one = make_view("mavil_eval", labels=False)(clip, g())["video"]
     assert torch.allclose(one, every[(n - 8) // 2 : (n - 8) // 2 + 8])
-    frame = make_view("cavmae_eval")(clip, g())["video"]  # CAV-MAE: the middle frame
+    frame = make_view("cavmae_eval", labels=False)(clip, g())["video"]  # CAV-MAE: middle frame
     assert torch.allclose(frame, every[n // 2])
 
 
@@ -315,7 +316,8 @@ def test_flip_probability_is_one_half(zarr_store: str) -> None:  # noqa: F811
 def test_eval10_uses_the_same_full_audio_as_eval(zarr_store: str) -> None:  # noqa: F811
     """Supplement B.3: the 10 video windows share the clip's whole 10-s audio, unaugmented."""
     clip = open_store(zarr_store).get("earth_000_0000")
-    ten = make_view("mavil_eval10", mean=-4.0, std=3.0)(clip, g(1))["audio"]
-    one = make_view("mavil_eval", mean=-4.0, std=3.0)(clip, g(2))["audio"]
+    norm = dict(mean=-4.0, std=3.0)
+    ten = make_view("mavil_eval10", norm=norm, labels=False)(clip, g(1))["audio"]
+    one = make_view("mavil_eval", norm=norm, labels=False)(clip, g(2))["audio"]
     hand = (clip.fbank.float() + 4.0) / 3.0
     assert torch.equal(ten, one) and torch.allclose(ten[0], hand)

@@ -13,11 +13,16 @@ Layout facts the transforms encode:
   have that row too and take the tables whole when the grids match; CAV-MAE has no [CLS]
   token, so the row is dropped there.
 * AudioMAE feeds the fbank as [B,1,T,F] (time-major tokens) like we do, so its audio
-  weights copy straight across.
+  weights copy straight across (its position table is our default "audiomae" layout).
+* An image MAE's ``pos_embed`` [1, 1 + H*W, D] given to a video encoder of T time steps
+  becomes the separable table ``image[s] + emb_D(t)`` (train/models/pos_embed.py), whatever
+  layout the model was built with: the ImageNet-initialised blocks keep the spatial code
+  they were trained with.
 * CAV-MAE transposes the fbank to [B,1,F,T] before its Conv2d (src/models/cav_mae.py,
   ``a.transpose(2, 3)``), so its audio tokens are frequency-major (8 x 64) and its patch
   vectors are (freq-in-patch, time-in-patch). We undo that: kernel transpose, pos-embed
-  reorder, decoder_pred_a row reorder.
+  reorder, decoder_pred_a row reorder - also for ``decoder_pred[:256]`` of an image MAE
+  (adapt_vmae_weights.py), whose rows CAV-MAE reads as (freq, time) pixels.
 * An image MAE kernel used for audio is summed over RGB and read with image rows =
   frequency, as CAV-MAE's adapt_vmae_weights.py initialises its audio branch.
 """
@@ -142,12 +147,26 @@ def _patch_steps(w: torch.Tensor, tgt: torch.Tensor, modality: str, layout: str
     return apply, ", ".join(notes)
 
 
-def _pos_steps(src: torch.Tensor, tgt: torch.Tensor) -> tuple[Callable, str] | str:
+def _pos_steps(src: torch.Tensor, tgt: torch.Tensor, modality: str = ""
+               ) -> tuple[Callable, str] | str:
     n_src = src.shape[1] - 1                       # minus the [CLS] row
     if tuple(tgt.shape) == tuple(src.shape):
         return identity, ""
     if tuple(tgt.shape) == (1, n_src, src.shape[2]):
         return (lambda x: x[:, 1:].clone()), "[CLS] row dropped"
+    n_tgt = tgt.shape[1] - 1
+    if (modality == "video" and tgt.shape[2] == src.shape[2] and n_src > 0
+            and n_tgt % n_src == 0 and n_tgt > n_src):
+        from train.models.pos_embed import separable_video_pos_embed
+
+        steps = n_tgt // n_src
+
+        def separable(x: torch.Tensor) -> torch.Tensor:
+            table = separable_video_pos_embed(x[0, 1:].float(), steps).to(x.dtype)
+            return torch.cat([x[:, :1], table[None]], dim=1).clone()
+
+        return separable, (f"image table over space + temporal term over {steps} steps "
+                           "(separable layout)")
     return (f"token grid differs ({n_src} vs {tgt.shape[1]} positions); "
             "the model keeps its own sin-cos table")
 
@@ -208,7 +227,7 @@ def plan_vit(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tenso
                     else:
                         add(key, tgt, *got)
             elif key == "pos_embed" and b.pos_embed:
-                got = _pos_steps(state[key], target[b.pos_embed])
+                got = _pos_steps(state[key], target[b.pos_embed], b.modality)
                 if isinstance(got, str):
                     plan.setdefault(key, got)
                 else:
@@ -245,7 +264,7 @@ def _plan_decoder(key, state, target, b: VitBranch, swin: bool, n_src: int, add,
     elif key == "mask_token":
         add(key, d.mask_token)
     elif key == "decoder_pos_embed" and d.pos_embed:
-        got = _pos_steps(state[key], target[d.pos_embed])
+        got = _pos_steps(state[key], target[d.pos_embed], b.modality)
         if isinstance(got, str):
             plan.setdefault(key, got)
         else:
@@ -253,8 +272,13 @@ def _plan_decoder(key, state, target, b: VitBranch, swin: bool, n_src: int, add,
     elif key.startswith("decoder_pred."):
         tgt = f"{d.pred}.{key.split('.', 1)[1]}"
         rows = target[tgt].shape[0] if tgt in target else 0
-        if 0 < rows < state[key].shape[0]:
-            # CAV-MAE adapt_vmae_weights.py: decoder_pred_a <- decoder_pred[:256]
+        if 0 < rows < state[key].shape[0] and b.modality == "audio":
+            # CAV-MAE adapt_vmae_weights.py: decoder_pred_a <- decoder_pred[:256]; those rows
+            # are CAV-MAE's (freq, time) patch pixels, ours (time, freq): reorder as the kernel
+            p = int(round(rows ** 0.5))
+            add(key, tgt, lambda x, r=rows, p=p: _swap_patch_axes(x[:r], p),
+                f"first {rows} rows, patch pixels (f,t) -> (t,f)")
+        elif 0 < rows < state[key].shape[0]:
             add(key, tgt, lambda x, r=rows: x[:r].clone(), f"first {rows} rows")
         else:
             add(key, tgt)
@@ -276,8 +300,7 @@ def plan_cav_mae(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.T
         return x.reshape(1, n_f, n_t, -1).transpose(1, 2).reshape(1, n_t * n_f, -1).clone()
 
     def reorder_pixels(x: torch.Tensor) -> torch.Tensor:  # (f_in, t_in) -> (t_in, f_in)
-        tail = x.shape[1:]
-        return x.reshape(p, p, *tail).transpose(0, 1).reshape(p * p, *tail).clone()
+        return _swap_patch_axes(x, p)
 
     special = {
         "patch_embed_a.proj.weight": (lambda x: x.transpose(-1, -2).clone(),
@@ -311,6 +334,12 @@ def plan_cav_mae(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.T
 
 
 # --------------------------------------------------------------------------- helpers
+def _swap_patch_axes(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Rows indexed (a * p + b) -> (b * p + a): a 1-channel p x p patch read transposed."""
+    tail = x.shape[1:]
+    return x.reshape(p, p, *tail).transpose(0, 1).reshape(p * p, *tail).clone()
+
+
 def _vit_stack(prefix: str, depth: int) -> tuple[tuple[tuple[str, str], ...], ...]:
     return tuple(((f"{prefix}.{i}", ""),) for i in range(depth))
 

@@ -7,7 +7,7 @@ Order of operations (MAViL appendix "Data Preprocessing", Table 10; AudioMAE/AST
       -> R: random start with cyclic roll over the real frames
       -> [random gain: +2 ln(m), m ~ Beta(10, 10) + 0.5]    ("magnitude augmentation", FT)
       -> SpecAugment time / frequency masks on raw log-mel (fill 0.0, as the official code)
-      -> normalise: (x - mean) / (std_scale * std)          (AudioMAE uses std_scale = 2)
+      -> normalise: (x - mean) / (scale * std)              (a named preset, store/views/norm.py)
       -> N: additive Gaussian noise at ``snr_db`` (20 dB)   (VGGSound / SPC fine-tuning)
 
 Every random draw takes an explicit ``torch.Generator`` so a sample's augmentation is a pure
@@ -21,11 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from store.views.norm import PRESETS, AudioNorm
 from store.views.rng import beta
 
-# Table 10: AudioSet mean / std of the raw log-mel fbank.
-AUDIOSET_MEAN = -4.268
-AUDIOSET_STD = 4.569
 TARGET_FRAMES = 1024
 NUM_MEL_BINS = 128
 
@@ -44,7 +42,7 @@ def fit_length(fbank: torch.Tensor, target: int = TARGET_FRAMES) -> torch.Tensor
 def normalize_fbank(
     fbank: torch.Tensor, mean: float, std: float, std_scale: float = 1.0
 ) -> torch.Tensor:
-    """(x - mean) / (std_scale * std); std_scale 1 for CAV-MAE / AST, 2 for the AudioMAE code."""
+    """(x - mean) / (std_scale * std); std_scale 2 in the AudioMAE / AST code, 1 in CAV-MAE's."""
     return (fbank - mean) / (std * std_scale)
 
 
@@ -137,13 +135,12 @@ class AudioView:
 
     ``roll``: Table 10 "R"; ``noise_snr_db``: Table 10 "N" (None = off); ``time_mask`` /
     ``freq_mask``: SpecAugment widths (0 = off; 192/48 for AS fine-tuning); ``gain``:
-    magnitude augmentation. Clips without audio give zeros (the dataset mean after
-    normalisation) and the sample's ``has_audio`` flag is False.
+    magnitude augmentation; ``norm``: the normalisation preset (store/views/norm.py).
+    Clips without audio give zeros (the dataset mean after normalisation) and the sample's
+    ``has_audio`` flag is False.
     """
 
-    mean: float = AUDIOSET_MEAN
-    std: float = AUDIOSET_STD
-    std_scale: float = 1.0
+    norm: AudioNorm = PRESETS["audiomae"]
     target_frames: int = TARGET_FRAMES
     roll: bool = False
     gain: bool = False
@@ -167,7 +164,7 @@ class AudioView:
             x = random_gain(x, valid, g)
         if self.time_mask or self.freq_mask:
             x = spec_augment(x, self.time_mask, self.freq_mask, g)
-        x = normalize_fbank(x, self.mean, self.std, self.std_scale)
+        x = self.norm(x)
         if self.noise_snr_db is not None:
             x = add_noise(x, g, self.noise_snr_db, self.noise_mode)
         return x.unsqueeze(0).contiguous()

@@ -1,5 +1,6 @@
 """Label views: multi-hot over the vocabulary (multi-label, e.g. AudioSet) or a class index
-(single-label, e.g. VGGSound with CE)."""
+(single-label, e.g. VGGSound with CE). ``num_classes=None`` means "the size of the store's
+vocabulary": the dataset fills it in when it opens the store."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ NO_LABEL = -100
 
 @dataclass
 class LabelView:
-    num_classes: int
+    num_classes: int | None = None
     multi_label: bool = True
 
     def __call__(self, labels: Sequence[int]) -> torch.Tensor:
+        if self.num_classes is None:
+            raise ValueError("this label view has no num_classes yet: build the dataset over "
+                             "the store (it takes the vocabulary size) or pass num_classes")
         labels = [int(x) for x in labels]
         bad = [x for x in labels if not 0 <= x < self.num_classes]
         if bad:

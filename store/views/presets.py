@@ -2,27 +2,33 @@
 
 Defaults follow MAViL Table 10 and the appendix "Data Preprocessing"; recipes override.
 
-| name            | audio                                | video                             |
-| --------------- | ------------------------------------ | --------------------------------- |
-| mavil_pretrain  | R (random start, cyclic roll)        | 8 frames, random crop 0.2-1, flip |
-| mavil_finetune  | R + gain + SpecAug 192/48, mixup 0.5 | 8 frames, random crop 0.2-1, flip |
-| mavil_eval      | none                                 | centre window, centre crop        |
-| mavil_eval10    | none (same 10-s audio)               | 10 uniformly spaced windows       |
-| cavmae_train    | R                                    | one random frame, centre crop     |
-| cavmae_eval     | none                                 | middle frame, centre crop         |
-| audio_train     | R (+ SpecAug / mixup / noise if set) | -                                 |
-| audio_eval      | none                                 | -                                 |
-| video_train     | -                                    | 8 frames, random crop 0.2-1, flip |
-| video_eval      | -                                    | centre window, centre crop        |
+| name           | audio                                | video                         | norm     |
+| -------------- | ------------------------------------ | ----------------------------- | -------- |
+| mavil_pretrain | R (random start, cyclic roll)        | 8 frames, crop 0.2-1, flip    | audiomae |
+| mavil_finetune | R + gain + SpecAug 192/48, mixup 0.5 | 8 frames, crop 0.2-1, flip    | audiomae |
+| mavil_eval     | none                                 | centre window, centre crop    | audiomae |
+| mavil_eval10   | none (same 10-s audio)               | 10 uniformly spaced windows   | audiomae |
+| cavmae_train   | R                                    | one random frame, centre crop | cavmae   |
+| cavmae_eval    | none                                 | middle frame, centre crop     | cavmae   |
+| audio_train    | R (+ SpecAug / mixup / noise if set) | -                             | audiomae |
+| audio_eval     | none                                 | -                             | audiomae |
+| video_train    | -                                    | 8 frames, crop 0.2-1, flip    | -        |
+| video_eval     | -                                    | centre window, centre crop    | -        |
+
+``norm`` is the audio normalisation preset (store/views/norm.py): ``audiomae`` is
+``(x + 4.2677393) / (2 * 4.5689974)``, ``cavmae`` is ``(x + 5.081) / 4.4849``. Labels are on by
+default with ``num_classes`` taken from the store's vocabulary when the dataset opens it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from store.views.audio import AUDIOSET_MEAN, AUDIOSET_STD, AudioView
+from store.views.audio import AudioView
 from store.views.labels import LabelView
 from store.views.mixup import Mixup
+from store.views.norm import AudioNorm, audio_norm
 from store.views.sample import SampleView
 from store.views.video import ClipView, FrameView, MultiClipView
 
@@ -40,13 +46,17 @@ VIEW_NAMES = (
 )
 
 
+def default_norm(name: str) -> str:
+    """The normalisation preset a view family uses unless told otherwise."""
+    return "cavmae" if name.startswith("cavmae") else "audiomae"
+
+
 def make_view(
     name: str,
     *,
-    mean: float = AUDIOSET_MEAN,
-    std: float = AUDIOSET_STD,
-    std_scale: float = 1.0,
+    norm: str | Mapping[str, Any] | AudioNorm | None = None,
     num_classes: int | None = None,
+    labels: bool = True,
     multi_label: bool = True,
     decode: str = "cpu",
     time_mask: int | None = None,
@@ -56,12 +66,19 @@ def make_view(
     gain: bool | None = None,
     **video_kw: Any,
 ) -> SampleView:
-    """Build a named view. ``mean`` / ``std``: fbank normalisation (Table 10 AS values by
-    default; pass the store's stats); ``num_classes`` enables labels; ``mixup``: rate (Table
-    10: 0.5 for AS/VGGSound FT); ``time_mask`` / ``freq_mask``: SpecAugment; ``decode``:
-    "cpu" or "gpu" (see store.jpeg); ``video_kw`` go to the video view (e.g. size, scale)."""
+    """Build a named view.
+
+    ``norm``: audio normalisation, a preset name (``audiomae``, ``cavmae``, ``vggsound``,
+    ``esc``, ``spc``, ``spc_audiomae``, ``store``), a saved ``AudioNorm.to_dict()`` or an
+    AudioNorm; default: :func:`default_norm` of the view family. ``num_classes``: label
+    count (default: the store's vocabulary size, filled in by the dataset); ``labels=False``
+    leaves labels out. ``mixup``: rate (Table 10: 0.5 for AS/VGGSound FT); ``time_mask`` /
+    ``freq_mask``: SpecAugment; ``decode``: "cpu" or "gpu" (see store.jpeg); ``video_kw`` go
+    to the video view (e.g. size, scale)."""
     if name not in VIEW_NAMES:
         raise ValueError(f"unknown view {name!r}; choose one of {', '.join(VIEW_NAMES)}")
+    family_scale = 1.0 if name.startswith("cavmae") else 2.0  # scale of the "store" preset
+    norm = audio_norm(default_norm(name) if norm is None else norm, scale=family_scale)
     train = name.endswith(("_pretrain", "_finetune", "_train"))
     finetune = name == "mavil_finetune"
     if time_mask is None:
@@ -75,9 +92,7 @@ def make_view(
     if not train and (time_mask or freq_mask or mixup or gain or noise_snr_db is not None):
         raise ValueError(f"{name} is an eval view: no SpecAugment, noise or mixup")
     audio = AudioView(
-        mean=mean,
-        std=std,
-        std_scale=std_scale,
+        norm=norm,
         roll=train,
         gain=gain,
         time_mask=time_mask,
@@ -91,10 +106,10 @@ def make_view(
         video = ClipView(decode=decode, train=train, **video_kw)
     elif name.startswith("cavmae"):
         video = FrameView(decode=decode, train=train, **video_kw)
-    labels = LabelView(num_classes, multi_label) if num_classes else None
+    label_view = LabelView(num_classes, multi_label) if labels else None
     mix = Mixup(prob=mixup) if mixup else None
-    if mix is not None and labels is None:
-        raise ValueError("mixup needs labels: pass num_classes")
+    if mix is not None and label_view is None:
+        raise ValueError("mixup needs labels: leave labels=True")
     if name.startswith("video"):
         audio = None  # plain Video-MAE: no audio input at all
-    return SampleView(audio=audio, video=video, labels=labels, mixup=mix)
+    return SampleView(audio=audio, video=video, labels=label_view, mixup=mix)

@@ -12,7 +12,7 @@ datasets can drop such clips up front (``require=("audio", "video")``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,6 +29,17 @@ class SampleView:
     video: VideoViewBase | None = None
     labels: LabelView | None = None
     mixup: Mixup | None = None
+
+    def for_store(self, num_classes: int, stats: dict | None) -> SampleView:
+        """This view with what it left to the store filled in: the label count (the
+        vocabulary's size) when ``num_classes`` was not given, and the mean / std of the
+        "store" normalisation preset from store.json's ``stats``."""
+        out = self
+        if self.labels is not None and self.labels.num_classes is None:
+            out = replace(out, labels=replace(self.labels, num_classes=int(num_classes)))
+        if self.audio is not None and not self.audio.norm.resolved:
+            out = replace(out, audio=replace(self.audio, norm=self.audio.norm.resolve(stats)))
+        return out
 
     def wants_partner(self, g: torch.Generator) -> bool:
         """Whether this sample is mixed (draws from ``g``; call once per sample, first)."""

@@ -3,7 +3,8 @@
 Tokens: audio [B,1,1024,128] -> 512 spectrogram patches (64 x 8, time-major); video
 [B,8,3,224,224] -> 784 tubelets (4 x 14 x 14, tubelet 2x16x16). The paper uses 8 s of audio
 (n_a = 400) and 16 frames (n_v = 1568); we use the store's layout shared with MAViL. Fixed
-sin-cos positions per modality (2-D audio, 3-D video; the paper's code uses 1-D sinusoids),
+sin-cos positions per modality (2-D geometric audio, 3-D video, pos_embed.py; the paper's code
+uses 1-D sinusoids; nothing here starts from an image checkpoint, so no separable layout),
 random masking alpha_a = 0.5, alpha_v = 0.9 (Sec. 4.1), no [CLS] token.
 
 Encoders (Sec. 3.2, Fig. 2), L layers in total:
@@ -59,6 +60,9 @@ class Stack(nn.Module):
         return self.norm(x)
 
 
+AUDIO_POS, VIDEO_POS = "geometric", "3d"
+
+
 def _split(x: torch.Tensor, n_first: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, :n_first], x[:, n_first:]
 
@@ -81,8 +85,10 @@ class AVMAEEncoder(nn.Module):
         self.patch_embed_a = AudioPatchEmbed(audio_size, patch_size, 1, dim)
         self.patch_embed_v = VideoPatchEmbed(num_frames, img_size, patch_size, tubelet, 3, dim)
         ga, gv = self.patch_embed_a.grid_size, self.patch_embed_v.grid_size
-        self.register_buffer("pos_embed_a", sincos_pos_embed_for_grid(dim, ga)[None])
-        self.register_buffer("pos_embed_v", sincos_pos_embed_for_grid(dim, gv)[None])
+        self.register_buffer("pos_embed_a",
+                             sincos_pos_embed_for_grid(dim, ga, layout=AUDIO_POS)[None])
+        self.register_buffer("pos_embed_v",
+                             sincos_pos_embed_for_grid(dim, gv, layout=VIDEO_POS)[None])
         if modality_tokens:  # Scenic use_modality_tokens (off by default)
             self.modality_a = nn.Parameter(torch.zeros(1, 1, dim))
             self.modality_v = nn.Parameter(torch.zeros(1, 1, dim))
@@ -164,9 +170,9 @@ class AudiovisualMAE(AVMAEEncoder):
         self.loss_weights, self.norm_pix_loss = loss_weights, norm_pix_loss
         ga, gv = self.patch_embed_a.grid_size, self.patch_embed_v.grid_size
         self.register_buffer("decoder_pos_embed_a",
-                             sincos_pos_embed_for_grid(decoder_dim, ga)[None])
+                             sincos_pos_embed_for_grid(decoder_dim, ga, layout=AUDIO_POS)[None])
         self.register_buffer("decoder_pos_embed_v",
-                             sincos_pos_embed_for_grid(decoder_dim, gv)[None])
+                             sincos_pos_embed_for_grid(decoder_dim, gv, layout=VIDEO_POS)[None])
         if modality_tokens:
             self.decoder_modality_a = nn.Parameter(torch.zeros(1, 1, decoder_dim))
             self.decoder_modality_v = nn.Parameter(torch.zeros(1, 1, decoder_dim))

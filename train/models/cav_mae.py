@@ -2,7 +2,9 @@
 
 Audio [B, 1, 1024, 128] -> 512 tokens (64 time x 8 freq, time-major); one RGB frame
 [B, 3, 224, 224] -> 196 tokens. Each modality gets a linear projection, a modality-type
-embedding E_a / E_v and a fixed 2-D sin-cos position embedding, then 75 % of each is masked
+embedding E_a / E_v and a fixed 2-D sin-cos position embedding (audio: the official
+``get_2d_sincos_pos_embed(D, 8, 64)`` over frequency-major tokens, i.e. ``[emb(time),
+emb(freq)]`` per patch, pos_embed.py layout "cavmae"), then 75 % of each is masked
 (Eq. 2-3). Modality-specific encoders (11 layers) feed one joint layer that is run three
 times - audio alone, video alone, and both concatenated - with stream-specific LayerNorms
 and shared attention/MLP weights (Eq. 4-6). The audio / video streams are mean-pooled for the
@@ -28,7 +30,7 @@ from .. import losses
 from .blocks import Block, init_mae_weights
 from .masking import random_masking, unshuffle
 from .patch_embed import AudioPatchEmbed
-from .pos_embed import get_2d_sincos_pos_embed
+from .pos_embed import audio_pos_embed, get_2d_sincos_pos_embed
 
 # The official code uses torch's default LayerNorm (eps 1e-5), unlike MAE's 1e-6.
 LayerNorm5 = partial(nn.LayerNorm, eps=1e-5)
@@ -78,7 +80,7 @@ class CAVMAEEncoder(nn.Module):
         self.video_grid = self.patch_embed_v.grid_size          # (14, 14)
         self.modality_a = nn.Parameter(torch.zeros(1, 1, dim))  # E_a
         self.modality_v = nn.Parameter(torch.zeros(1, 1, dim))  # E_v
-        self.pos_embed_a = _fixed(get_2d_sincos_pos_embed(dim, *self.audio_grid), trainable_pos)
+        self.pos_embed_a = _fixed(audio_pos_embed(dim, *self.audio_grid, "cavmae"), trainable_pos)
         self.pos_embed_v = _fixed(get_2d_sincos_pos_embed(dim, *self.video_grid), trainable_pos)
         n = modality_depth + joint_depth
         rates = [drop_path * i / max(n - 1, 1) for i in range(n)]  # stochastic depth ramp
@@ -175,7 +177,7 @@ class CAVMAE(CAVMAEEncoder):
         self.decoder_modality_a = nn.Parameter(torch.zeros(1, 1, decoder_dim))  # E'_a
         self.decoder_modality_v = nn.Parameter(torch.zeros(1, 1, decoder_dim))  # E'_v
         self.decoder_pos_embed_a = _fixed(
-            get_2d_sincos_pos_embed(decoder_dim, *self.audio_grid), False)
+            audio_pos_embed(decoder_dim, *self.audio_grid, "cavmae"), False)
         self.decoder_pos_embed_v = _fixed(
             get_2d_sincos_pos_embed(decoder_dim, *self.video_grid), False)
         self.decoder_blocks = nn.ModuleList(

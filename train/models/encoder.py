@@ -1,7 +1,8 @@
 """MAE encoder and decoder for one modality, built from the shared blocks.
 
 ``ModalityEncoder`` (MAE ``forward_encoder``): patch embedding + fixed sin-cos positional
-embedding, optional masking, a [CLS] token, ViT blocks and a final LayerNorm. Attribute names
+embedding (``pos_layout``, pos_embed.py: audio "audiomae" | "geometric", video "separable" |
+"3d"), optional masking, a [CLS] token, ViT blocks and a final LayerNorm. Attribute names
 match MAE / AudioMAE checkpoints (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
 ``blocks.N``, ``norm``). ``pos_embed`` is a fixed buffer [1, 1 + L, D] (zero row for [CLS]).
 
@@ -35,6 +36,7 @@ class ModalityEncoder(nn.Module):
         heads: int,
         mlp_ratio: float = 4.0,
         drop_path: float = 0.0,
+        pos_layout: str | None = None,
     ) -> None:
         super().__init__()
         self.patch_embed = patch_embed
@@ -42,7 +44,7 @@ class ModalityEncoder(nn.Module):
         self.num_patches = patch_embed.num_patches
         self.dim = dim
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        pos = sincos_pos_embed_for_grid(dim, self.grid_size, cls_token=True)
+        pos = sincos_pos_embed_for_grid(dim, self.grid_size, cls_token=True, layout=pos_layout)
         self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=True)
         self.blocks = make_blocks(dim, depth, heads, mlp_ratio, drop_path)
         self.norm = LayerNorm6(dim)
@@ -86,6 +88,7 @@ class MaskedDecoder(nn.Module):
         depth: int = 8,
         heads: int = 16,
         mlp_ratio: float = 4.0,
+        pos_layout: str | None = None,
     ) -> None:
         super().__init__()
         self.grid_size = tuple(grid_size)
@@ -94,7 +97,7 @@ class MaskedDecoder(nn.Module):
             self.num_patches *= g
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        pos = sincos_pos_embed_for_grid(dim, self.grid_size, cls_token=True)
+        pos = sincos_pos_embed_for_grid(dim, self.grid_size, cls_token=True, layout=pos_layout)
         self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=True)
         self.blocks = make_blocks(dim, depth, heads, mlp_ratio)
         self.norm = LayerNorm6(dim)
@@ -117,11 +120,14 @@ def build_audio_encoder(
     audio_size: tuple[int, int] = (1024, 128),
     patch_size: int = 16,
     drop_path: float = 0.0,
+    pos_layout: str = "audiomae",
 ) -> ModalityEncoder:
-    """ViT encoder over [B, 1, T, F] spectrograms (AudioMAE / MAViL f_a)."""
+    """ViT encoder over [B, 1, T, F] spectrograms (AudioMAE / MAViL f_a); ``pos_layout``
+    "audiomae" (AudioMAE's own table, the default; pos_embed.py says why) or "geometric"."""
     s = vit_size(size)
     embed = AudioPatchEmbed(tuple(audio_size), patch_size, 1, s["dim"])
-    return ModalityEncoder(embed, s["dim"], s["depth"], s["heads"], drop_path=drop_path)
+    return ModalityEncoder(embed, s["dim"], s["depth"], s["heads"], drop_path=drop_path,
+                           pos_layout=pos_layout)
 
 
 def build_video_encoder(
@@ -131,8 +137,12 @@ def build_video_encoder(
     patch_size: int = 16,
     tubelet: int = 2,
     drop_path: float = 0.0,
+    pos_layout: str = "separable",
 ) -> ModalityEncoder:
-    """ViT encoder over [B, T, 3, H, W] clips (mae_st-style tubelets / MAViL f_v)."""
+    """ViT encoder over [B, T, 3, H, W] clips (mae_st-style tubelets / MAViL f_v);
+    ``pos_layout`` "separable" (image 2-D table + temporal term: what an ImageNet MAE's
+    blocks know; the default) or "3d"."""
     s = vit_size(size)
     embed = VideoPatchEmbed(num_frames, img_size, patch_size, tubelet, 3, s["dim"])
-    return ModalityEncoder(embed, s["dim"], s["depth"], s["heads"], drop_path=drop_path)
+    return ModalityEncoder(embed, s["dim"], s["depth"], s["heads"], drop_path=drop_path,
+                           pos_layout=pos_layout)

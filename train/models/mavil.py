@@ -42,6 +42,8 @@ class MAViL(nn.Module):
     (default: the encoder width) and :meth:`forward` needs ``targets``.
     ``fusion`` is "vanilla" (default, Table 2) or "mbt"; ``mbt_weights`` picks one g_av^l for
     both modalities ("shared", Sec. 3.1 as written) or MBT's per-modality layers ("separate").
+    ``audio_pos`` / ``video_pos``: position-table layouts (pos_embed.py); the defaults are
+    AudioMAE's own audio table and the separable video table an ImageNet MAE carries into.
     """
 
     def __init__(
@@ -69,15 +71,17 @@ class MAViL(nn.Module):
         symmetric_nce: bool = False,
         drop_path: float = 0.0,
         with_decoders: bool = True,
+        audio_pos: str = "audiomae",
+        video_pos: str = "separable",
     ) -> None:
         super().__init__()
         if target not in ("raw", "features"):
             raise ValueError(f"target must be 'raw' or 'features', got {target!r}")
         s = vit_size(size)
         self.dim = s["dim"]
-        self.audio_encoder = build_audio_encoder(s, audio_size, patch_size, drop_path)
+        self.audio_encoder = build_audio_encoder(s, audio_size, patch_size, drop_path, audio_pos)
         self.video_encoder = build_video_encoder(
-            s, num_frames, img_size, patch_size, tubelet, drop_path
+            s, num_frames, img_size, patch_size, tubelet, drop_path, video_pos
         )
         self.fusion = FusionEncoder(
             self.dim, fusion_depth, s["heads"], fusion, num_bottlenecks,
@@ -91,8 +95,10 @@ class MAViL(nn.Module):
             ape, vpe = self.audio_encoder.patch_embed, self.video_encoder.patch_embed
             out_a = ape.patch_dim if target == "raw" else self.target_dim
             out_v = vpe.patch_dim if target == "raw" else self.target_dim
-            self.audio_decoder = MaskedDecoder(self.dim, ape.grid_size, out_a, **d)
-            self.video_decoder = MaskedDecoder(self.dim, vpe.grid_size, out_v, **d)
+            self.audio_decoder = MaskedDecoder(self.dim, ape.grid_size, out_a, **d,
+                                               pos_layout=audio_pos)
+            self.video_decoder = MaskedDecoder(self.dim, vpe.grid_size, out_v, **d,
+                                               pos_layout=video_pos)
         self.mask_ratio = mask_ratio
         self.video_mask_ratio = mask_ratio if video_mask_ratio is None else video_mask_ratio
         self.norm_pix_loss = norm_pix_loss

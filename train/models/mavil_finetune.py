@@ -11,6 +11,18 @@ Fine-tuning masking is active in training mode only: audio drops 20 % of the tim
 20 % of the frequency columns of the patch grid (AudioMAE ``random_masking_2d``), video drops
 20 % of its space-time tokens. Drop path 0.1 (Table 10). Head weights: trunc-normal std 2e-5,
 bias 0 (MAE main_finetune.py).
+
+Two choices the papers leave open (MAViL's code was never released):
+- audio+video head: the supplement says only "a 2-layer vanilla Transformer on top of the audio
+  and video encoder". We pool each modality separately (mean over its patch tokens, [CLS]
+  excluded, as the uni-modal AudioMAE / MAE ``global_pool`` head), concatenate the two
+  pooled vectors, then LayerNorm + linear - so each modality keeps its own pooled summary
+  and the head's input scale does not depend on the token counts (512 audio vs 784 video).
+- video fine-tuning masking: "20 % for space and time in video clips" (supplement B.3,
+  citing AudioMAE's fine-tuning masking). We read it as 20 % random space-time tokens
+  (``random_token_dropping``), the video analogue of AudioMAE's unstructured token masking;
+  a structured (whole time-step / whole spatial position) variant is not implemented
+  because nothing in the papers asks for it.
 """
 
 from __future__ import annotations
@@ -43,6 +55,8 @@ class MAViLClassifier(nn.Module):
         img_size: int = 224,
         patch_size: int = 16,
         tubelet: int = 2,
+        audio_pos: str = "audiomae",
+        video_pos: str = "separable",
     ) -> None:
         super().__init__()
         modalities = tuple(modalities)
@@ -55,10 +69,11 @@ class MAViLClassifier(nn.Module):
         self.mask_t_prob, self.mask_f_prob = mask_t_prob, mask_f_prob
         self.video_mask_ratio = video_mask_ratio
         if "audio" in modalities:
-            self.audio_encoder = build_audio_encoder(s, audio_size, patch_size, drop_path)
+            self.audio_encoder = build_audio_encoder(s, audio_size, patch_size, drop_path,
+                                                     audio_pos)
         if "video" in modalities:
             self.video_encoder = build_video_encoder(
-                s, num_frames, img_size, patch_size, tubelet, drop_path
+                s, num_frames, img_size, patch_size, tubelet, drop_path, video_pos
             )
         self.fusion = None
         if len(modalities) == 1:  # AudioMAE / MAE global_pool: fc_norm replaces the final norm

@@ -32,7 +32,8 @@ class UniModalMAE(nn.Module):
                  decoder: str | dict | None = None, mask_ratio: float = 0.8,
                  norm_pix_loss: bool = False, audio_size: tuple[int, int] = (1024, 128),
                  num_frames: int = 8, img_size: int = 224, patch_size: int = 16,
-                 tubelet: int = 2, drop_path: float = 0.0) -> None:
+                 tubelet: int = 2, drop_path: float = 0.0, pos_layout: str | None = None
+                 ) -> None:
         super().__init__()
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -40,12 +41,17 @@ class UniModalMAE(nn.Module):
         self.modality = modality
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
+        # pos_layout: pos_embed.py; default "audiomae" for audio, "separable" for video
         if modality == "audio":
-            encoder = build_audio_encoder(s, audio_size, patch_size, drop_path)
+            pos_layout = pos_layout or "audiomae"
+            encoder = build_audio_encoder(s, audio_size, patch_size, drop_path, pos_layout)
         else:
-            encoder = build_video_encoder(s, num_frames, img_size, patch_size, tubelet, drop_path)
+            pos_layout = pos_layout or "separable"
+            encoder = build_video_encoder(s, num_frames, img_size, patch_size, tubelet,
+                                          drop_path, pos_layout)
         pe = encoder.patch_embed
-        dec = MaskedDecoder(s["dim"], pe.grid_size, pe.patch_dim, **decoder_size(decoder, size))
+        dec = MaskedDecoder(s["dim"], pe.grid_size, pe.patch_dim, **decoder_size(decoder, size),
+                            pos_layout=pos_layout)
         setattr(self, f"{modality}_encoder", encoder)
         setattr(self, f"{modality}_decoder", dec)
 
