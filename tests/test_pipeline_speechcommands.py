@@ -129,3 +129,27 @@ def test_bad_layouts(v2_root: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
                *BUILD])
     err = capsys.readouterr().err
     assert rc == 2 and "validation_list.txt not found" in err
+
+
+def test_one_second_clip_stored_8x_smaller(v2_root: Path, tmp_path: Path) -> None:
+    """The same 1-s clip at the 10-s default (1024 frames) and at 128 frames: the stored
+    fbank falls by exactly 1024 / 128 = 8 (raw float16 [T, 128] chunk + a 20-byte shard
+    index), the loader gives [1, 128, 128] inputs, and the views follow the store."""
+    from store.datasets import ClipDataset
+    from store.views.presets import make_view
+
+    wav = sorted((v2_root / "yes").iterdir())[0]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,uri,start,end,labels,split\none,{wav},0,1,yes,train\n")
+    sizes, shapes = {}, {}
+    for frames in (None, 128):
+        out = tmp_path / f"s{frames}"
+        extra = ["--target-frames", str(frames)] if frames else []
+        assert main(["build", "--manifest", str(manifest), "--out", str(out), *extra,
+                     *BUILD]) == 0
+        chunk = next(out.glob("shards/*.zarr/fbank/c/0/0/0"))
+        sizes[frames] = chunk.stat().st_size - 20  # n x 16 index bytes + 4-byte CRC32C
+        ds = ClipDataset(str(out), make_view("audio_eval", labels=False))
+        shapes[frames] = tuple(ds[0]["audio"].shape)
+    assert sizes == {None: 1024 * 128 * 2, 128: 128 * 128 * 2}
+    assert shapes == {None: (1, 1024, 128), 128: (1, 128, 128)}
