@@ -182,16 +182,21 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("protocol", help="fine-tune + score: esc50-5fold, spc, holdout")
-    p.add_argument("name", choices=PROTOCOLS)
-    p.add_argument("--store", required=True)
-    p.add_argument("--out", required=True, help="protocol directory (resumes if it exists)")
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="fine-tuning recipe name or YAML")
-    p.add_argument("--init", default="scratch", help="pre-trained CKPT / RUN, or scratch")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--train-split", default="train", help="holdout: training split(s)")
-    p.add_argument("--test-split", default="test", help="holdout: scored split")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    names = p.add_subparsers(dest="name", required=True)
+    for name, text in (("esc50-5fold", "ESC-50 5-fold cross-validation (splits fold1..5)"),
+                       ("spc", "Speech Commands: fine-tune on train, top-1 on test"),
+                       ("holdout", "one train split, one scored split")):
+        q = names.add_parser(name, help=text, description=text)
+        q.add_argument("--store", required=True)
+        q.add_argument("--out", required=True, help="protocol directory (resumes)")
+        q.add_argument("--recipe", default=DEFAULT_RECIPE, help="fine-tuning recipe or YAML")
+        q.add_argument("--init", default="scratch", help="pre-trained CKPT / RUN, or scratch")
+        q.add_argument("--seeds", type=int, nargs="+", default=[0])
+        if name == "holdout":
+            q.add_argument("--train-split", default="train", help="training split(s)")
+            q.add_argument("--test-split", default="eval", help="scored split")
+        q.add_argument("--device", default="cpu")
+        q.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
@@ -204,7 +209,8 @@ def cmd_protocol(args: argparse.Namespace) -> int:
                            seeds=list(args.seeds), overrides=list(args.overrides),
                            device=args.device)
     try:
-        report = run_protocol(args.name, opts, args.train_split, args.test_split)
+        report = run_protocol(args.name, opts, getattr(args, "train_split", "train"),
+                              getattr(args, "test_split", "test"))
     except (ConfigError, DataError, StageError, TrainingError) as exc:
         raise EvalError(str(exc).splitlines()[0]) from None
     print(f"{args.name}: top-1 {100 * report['top1_mean']:.2f} ± "
