@@ -141,7 +141,7 @@ class AudioView:
     """
 
     norm: AudioNorm = PRESETS["audiomae"]
-    target_frames: int | None = None  # None: the store's (filled by the dataset), else as stored
+    target_frames: int | None = None  # None: the store's (filled by the dataset), else 1024
     roll: bool = False
     gain: bool = False
     time_mask: int = 0
@@ -151,7 +151,7 @@ class AudioView:
 
     def raw(self, fbank: torch.Tensor) -> torch.Tensor:
         """Stored fbank (any float dtype) -> float32 [target_frames, mel] raw log-mel."""
-        return fit_length(fbank.float(), self.target_frames or fbank.shape[0])
+        return fit_length(fbank.float(), self.target_frames or TARGET_FRAMES)
 
     def __call__(self, fbank: torch.Tensor | None, valid: int, g: torch.Generator) -> torch.Tensor:
         if fbank is None:
