@@ -59,3 +59,21 @@ def test_protocol_needs_folds(tmp_path: Path, esc_store: str,
     assert open_store(esc_store).filter(split="test").num_rows == 0
     rc = evaluate(["protocol", "spc", "--store", esc_store, "--out", str(tmp_path / "x"), *FAST])
     assert rc == 2 and "no clips" in capsys.readouterr().err
+
+
+def test_spc_protocol(tmp_path: Path, shared_dir: Path) -> None:
+    """`protocol spc` on the Speech Commands fixture: train split -> top-1 on the test list
+    (4 clips), the store's 128 frames as the model input."""
+    from short_clip_fixtures import make_speechcommands
+
+    root = make_speechcommands(tmp_path / "spc", shared_dir, "v0.02")
+    store = str(tmp_path / "store")
+    assert pipeline(["build-speechcommands", "--root", str(root), "--out", store, "--engine",
+                     "local", "--workers", "2", "--no-progress"]) == 0
+    out = tmp_path / "spc_out"
+    assert evaluate(["protocol", "spc", "--store", store, "--out", str(out), *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    (r,) = report["rounds"]
+    assert r["split"] == "test" and r["train_split"] == "train" and r["clips"] == 4
+    assert r["top1"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert "audio_frames: 128" in (Path(r["run"]) / "config.yaml").read_text()
