@@ -5,9 +5,12 @@ from a tiny audio-MAE stage-1 checkpoint, with the project's own commands
 
 Measured eval top-1 over seeds 0, 1, 2 (recipe tiny_audio_finetune, 30 epochs = 840 steps;
 shared 2-core dev box; figures in the README):
-    from scratch:           SCRATCH_FIGURES
-    from tiny stage 1:      STAGE1_FIGURES
-The thresholds below sit under the lowest seed with margin and far above the 20 % prior.
+    from scratch:           85.3 / 90.7 / 89.3 %  (mean 88.4, std 2.8)
+    from tiny stage 1:      64.0 / 64.0 / 65.3 %  (mean 64.4, std 0.8; stage 1 seed 0)
+The thresholds sit ~15 points under the lowest seed (5x the seed std, 11 of 75 eval clips)
+and far above the 20 % prior. The tiny stage 1 (10 epochs of audio-MAE on the same 225
+clips) starts the fine-tune worse than random weights at this size; the check is that both
+learn the languages, not that pre-training helps here.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from eval.cli import main as evaluate
 from pipeline.cli import main as pipeline
 from train.cli import main as train
 
-SCRATCH_MIN = 0.0
-STAGE1_MIN = 0.0
+SCRATCH_MIN = 0.70
+STAGE1_MIN = 0.50
 
 
 @pytest.fixture(scope="module")
