@@ -2,7 +2,9 @@
 
 Shard assignment is deterministic (manifest order, consecutive chunks of ``shard_size``),
 so re-running the same command skips the committed shards (resume), and
-``retry_failed`` re-processes only failed clips of committed shards. Every clip the
+``retry_failed`` re-processes only failed clips of committed shards. The store records
+which clips each shard id stands for (its manifest claim): a build of another manifest
+into the same store is refused before it starts, and at each commit. Every clip the
 manifest accepted ends in the index; rows it rejected are in the rejects report.
 """
 
@@ -24,8 +26,18 @@ from pipeline.engines import run_engine
 from pipeline.manifest import ClipSpec, Reject, reject_counts, shard_plan, write_rejects
 from pipeline.shard_task import ShardJob, failure_shard, process_shard
 from pipeline.sources import SourceConfig
-from store import StoreError, StoreSpec, StoreWriter, create_store, open_store, open_writer
+from store import (
+    StoreConflict,
+    StoreError,
+    StoreSpec,
+    StoreWriter,
+    create_store,
+    open_store,
+    open_writer,
+    shard_fingerprint,
+)
 from store.backends.fs import resolve
+from store.claim import claim_store
 
 
 @dataclass
@@ -79,8 +91,13 @@ def plan_jobs(writer: StoreWriter, specs: list[ClipSpec], opts: BuildOptions
     """Jobs still to run, and how many clips are already committed (skipped)."""
     committed = writer.committed_shards()
     jobs, skipped = [], 0
-    for shard_id, clips in enumerate(shard_plan(specs, writer.spec.shard_size)):
-        job = ShardJob(opts.out, shard_id, clips, opts.source, opts.decode, opts.jpeg_encoder)
+    plan = shard_plan(specs, writer.spec.shard_size)
+    # refuse up front if another manifest claims this store (FORMAT.md "Concurrent builds")
+    claims = shard_claims(specs, writer.spec.shard_size)
+    writer.claim_manifest(claims, _describe(specs))
+    for shard_id, clips in enumerate(plan):
+        job = ShardJob(opts.out, shard_id, clips, opts.source, opts.decode, opts.jpeg_encoder,
+                       claim=claims[shard_id])
         if shard_id in committed:
             index = writer.shard_index(shard_id)
             if index["clip_id"].to_pylist() != [c.clip_id for c in clips]:
@@ -95,10 +112,24 @@ def plan_jobs(writer: StoreWriter, specs: list[ClipSpec], opts: BuildOptions
     return jobs, skipped
 
 
+def shard_claims(specs: list[ClipSpec], shard_size: int) -> list[str]:
+    """The store's manifest claim for this manifest: one fingerprint per planned shard."""
+    return [shard_fingerprint([c.clip_id for c in clips])
+            for clips in shard_plan(specs, shard_size)]
+
+
+def _describe(specs: list[ClipSpec]) -> str:
+    return f"{len(specs)} clips, first {specs[0].clip_id!r}" if specs else "no clips"
+
+
 def build(specs: list[ClipSpec], rejects: list[Reject], vocabulary: pa.Table,
           opts: BuildOptions, vocab_name: str = "custom") -> dict[str, Any]:
     """Run the whole build; returns (and writes) the run report."""
     t0 = time.time()
+    fs, root = resolve(opts.out)
+    if not fs.exists(f"{root}/store.json"):  # claim first: a refused build writes nothing
+        size = opts.shard_size or 1000
+        claim_store(opts.out, shard_claims(specs, size), size, _describe(specs))
     writer = open_or_create(opts, vocabulary, vocab_name)
     jobs, skipped = plan_jobs(writer, specs, opts)
     statuses: Counter = Counter()
@@ -107,6 +138,9 @@ def build(specs: list[ClipSpec], rejects: list[Reject], vocabulary: pa.Table,
                dynamic_ncols=True, desc="clips")
     for job, result in run_engine(opts.engine, process_shard, jobs, opts.workers,
                                   opts.max_retries, opts.address):
+        if isinstance(result, StoreConflict) or "StoreConflict" in type(result).__name__:
+            bar.close()
+            raise StoreConflict(f"build stopped: {result}")
         if isinstance(result, BaseException):
             reason = f"shard task failed after retries: {type(result).__name__}: {result}"
             shard_errors.append({"shard": job.shard_id, "error": reason[:500]})

@@ -3,7 +3,9 @@
 ``process_shard`` runs on an engine worker (Ray task, Dask task, or a local process). It
 never raises for a bad clip: each clip becomes one ClipRecord, ok or failed with a reason.
 With ``retry_failed`` it re-processes only the failed clips of a committed shard and copies
-the ok clips' stored features, then rewrites the shard whole (the store commits atomically).
+the ok clips' stored features -- each checked against its stored checksum first; a damaged
+one is re-processed like a failed clip -- then rewrites the shard whole (the store commits
+atomically).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pipeline.features import failed_record, record_from_decoded
 from pipeline.manifest import ClipSpec
 from pipeline.probe import MediaError
 from pipeline.sources import FetchError, SourceConfig, fetch
-from store import ClipRecord, StoreSpec, open_store, open_writer
+from store import ClipRecord, StoreError, StoreSpec, open_store, open_writer
 
 # Test hook: "<marker path>[:N]" -> a task that finds a missing marker creates it and
 # SIGKILLs its own process half-way through its shard (a worker dying mid-shard).
@@ -39,6 +41,7 @@ class ShardJob:
     decode: DecodeOptions = field(default_factory=DecodeOptions)
     jpeg_encoder: str = "pil"
     retry_failed: bool = False
+    claim: str = ""  # store.shard_fingerprint of the clips: commit refused if it differs
 
 
 def _maybe_crash(done: int, total: int) -> None:
@@ -85,15 +88,27 @@ def process_clip(clip: ClipSpec, spec: StoreSpec, job: ShardJob, opts: DecodeOpt
         fetched.cleanup()
 
 
-def _copied_ok_records(store_path: str, shard_id: int, index: Any) -> dict[str, ClipRecord]:
-    """The committed ok clips of a shard, as ClipRecords carrying their stored features."""
+def _copied_ok_records(store_path: str, shard_id: int, index: Any
+                       ) -> tuple[dict[str, ClipRecord], list[str]]:
+    """The committed ok clips of a shard whose stored bytes still match their checksum, as
+    ClipRecords carrying those features; and the ids of the ok clips that do not (damaged
+    or unreadable: they are re-processed from their media, never copied and re-certified).
+    """
     rows = [r for r in index.to_pylist() if r["status"] == "ok"]
     if not rows:
-        return {}
-    clips = open_store(store_path, shards=[shard_id]).read_shard(shard_id,
-                                                                 [r["row"] for r in rows])
-    out = {}
+        return {}, []
+    store = open_store(store_path, shards=[shard_id])
+    try:
+        clips = store.read_shard(shard_id, [r["row"] for r in rows])
+    except StoreError:  # the data file is missing or unreadable: redo every clip
+        return {}, [r["clip_id"] for r in rows]
+    finally:
+        store.close()
+    out, damaged = {}, []
     for r, c in zip(rows, clips, strict=True):
+        if not store.checksum_ok(c):
+            damaged.append(r["clip_id"])
+            continue
         out[r["clip_id"]] = ClipRecord(
             clip_id=r["clip_id"], source_id=r["source_id"], start=r["start"], end=r["end"],
             uri=r["uri"], split=r["split"], labels=list(r["labels"]),
@@ -101,7 +116,7 @@ def _copied_ok_records(store_path: str, shard_id: int, index: Any) -> dict[str, 
             height=c.height, width=c.width, duration=c.duration, has_audio=c.has_audio,
             has_video=c.has_video,
             waveform=None if c.waveform is None else c.waveform.numpy())
-    return out
+    return out, damaged
 
 
 def process_shard(job: ShardJob) -> dict[str, Any]:
@@ -111,22 +126,27 @@ def process_shard(job: ShardJob) -> dict[str, Any]:
     torch.set_num_threads(1)
     t0, ru0 = time.perf_counter(), _cpu()
     writer = open_writer(job.store)
+    if job.claim:  # another build took the store: refuse before any work
+        writer.check_claim(job.shard_id, job.claim)
     spec = writer.spec
     opts = decode_options(spec, job.decode)
     keep: dict[str, ClipRecord] = {}
+    damaged: list[str] = []
     if job.retry_failed and job.shard_id in writer.committed_shards():
-        keep = _copied_ok_records(job.store, job.shard_id, writer.shard_index(job.shard_id))
+        keep, damaged = _copied_ok_records(job.store, job.shard_id,
+                                           writer.shard_index(job.shard_id))
     records = []
     for i, clip in enumerate(job.clips):
         _maybe_crash(i, len(job.clips))
         records.append(keep.get(clip.clip_id) or process_clip(clip, spec, job, opts))
-    summary = writer.write_shard(job.shard_id, records)
+    summary = writer.write_shard(job.shard_id, records, claim=job.claim)
     if os.environ.get(DELAY_ENV):
         time.sleep(float(os.environ[DELAY_ENV]))
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
     summary.update(statuses=counts, reprocessed=len(records) - len(keep),
+                   damaged_copies=damaged,
                    wall_s=time.perf_counter() - t0, cpu_s=_cpu() - ru0)
     return summary
 
@@ -135,7 +155,7 @@ def failure_shard(job: ShardJob, reason: str) -> dict[str, Any]:
     """Commit a shard whose task could not finish: every clip gets status ``error``."""
     writer = open_writer(job.store)
     records = [failed_record(c, "error", reason) for c in job.clips]
-    summary = writer.write_shard(job.shard_id, records)
+    summary = writer.write_shard(job.shard_id, records, claim=job.claim)
     summary.update(statuses={"error": len(records)}, reprocessed=len(records), wall_s=0.0,
                    cpu_s=0.0)
     return summary

@@ -16,6 +16,7 @@ from typing import Any
 
 from store.errors import StoreError
 from store.info import format_info, store_info
+from store.recover import recover_parts
 from store.verify import verify_store
 
 
@@ -26,10 +27,17 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
-    return 0
+    return 1 if info["problems"] else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.recover_index:
+        try:
+            for line in recover_parts(args.store):
+                print(f"recover  {line}")
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     report = verify_store(args.store, fix=args.fix, grace_seconds=args.grace_seconds,
                           progress=not args.quiet)
     print(report.summary())
@@ -45,9 +53,14 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser("verify", help="re-check every checksum and index<->shard link")
     p.add_argument("store", help="store directory or URL")
     p.add_argument("--fix", action="store_true",
-                   help="delete orphan data files (left by killed writers)")
+                   help="delete orphan data files (left by killed writers, or replaced by "
+                        "a re-run) older than --grace-seconds; never a data file whose "
+                        "index part is damaged")
     p.add_argument("--grace-seconds", type=float, default=3600.0,
                    help="with --fix, keep orphans younger than this (writers may be running)")
+    p.add_argument("--recover-index", action="store_true",
+                   help="first restore damaged index parts from the copy their data file "
+                        "carries, then verify")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_verify)
 

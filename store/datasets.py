@@ -26,6 +26,7 @@ relies on (every clip is still seen once per epoch either way).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -36,6 +37,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from store.errors import StoreError
 from store.jpeg import collate
 from store.reader import Store, open_store
 from store.samplers import dist_rank_world, label_weights
@@ -43,6 +45,8 @@ from store.views.rng import derive_seed, sample_generator
 from store.views.sample import SampleView
 
 MODALITIES = ("audio", "video")
+ON_ERROR = ("raise", "skip")
+log = logging.getLogger(__name__)
 
 
 def _open(store: str | Store) -> Store:
@@ -65,12 +69,29 @@ def select_clips(
 
 
 class _ClipSource:
-    """Shared by both datasets: the selected clips and how to turn one into a sample."""
+    """Shared by both datasets: the selected clips and how to turn one into a sample.
+
+    ``on_error``: what a damaged clip (unreadable shard file, checksum mismatch) does:
+    "raise" (default) stops with the StoreError naming the file; "skip" logs the clip,
+    counts it (``skipped``: clip ids, per process) and serves the next readable selected
+    clip in its place (item i -> i+1, i+2, ...), so every rank still yields the same number
+    of samples and the epoch stays a pure function of (seed, epoch, damaged clips).
+    ``checksums``: set the store's read checks ("once" is the cheap option: each clip is
+    verified the first time this process reads it; "always"; "off"); None keeps the
+    store's own setting."""
 
     def __init__(
-        self, store: str | Store, view: SampleView, split: Any, require: Sequence[str], seed: int
+        self, store: str | Store, view: SampleView, split: Any, require: Sequence[str], seed: int,
+        on_error: str = "raise", checksums: bool | str | None = None,
     ) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
+        self.on_error = on_error
+        self.skipped: list[str] = []
+        self._bad: set[int] = set()
         self.store = _open(store)
+        if checksums is not None:
+            self.store.checksums = checksums
         # labels default to the vocabulary's size, norm "store" to store.json's stats
         self.view = view.for_store(self.store.vocabulary.num_rows, self.store.spec.stats,
                                    self.store.spec.target_frames)
@@ -97,7 +118,36 @@ class _ClipSource:
         return label_weights(self.labels, num_classes)
 
     def read(self, items: Sequence[int]) -> list[Any]:
-        """Clips for local item numbers, one batched read per shard, in the given order."""
+        """Clips for local item numbers, one batched read per shard, in the given order
+        (with on_error="skip", a damaged clip's slot holds its substitute)."""
+        if self.on_error == "raise":
+            return self._read(items)
+        try:
+            if not any(int(i) in self._bad for i in items):
+                return self._read(items)
+        except StoreError:
+            pass  # find out which clips are damaged, one by one
+        return [self._read_or_next(int(i)) for i in items]
+
+    def _read_or_next(self, item: int) -> Any:
+        n = len(self)
+        for k in range(n):
+            j = (item + k) % n
+            if j in self._bad:
+                continue
+            try:
+                (clip,) = self._read([j])
+                return clip
+            except StoreError as exc:
+                self._bad.add(j)
+                clip_id = self.store.index()["clip_id"][int(self.positions[j])].as_py()
+                self.skipped.append(clip_id)
+                log.warning("skipping clip %r (%d skipped in this process): %s", clip_id,
+                            len(self.skipped), exc)
+        raise StoreError(f"no readable clip left in {self.store.path}: all {n} selected "
+                         "clips failed; run `pipeline verify STORE`")
+
+    def _read(self, items: Sequence[int]) -> list[Any]:
         by_shard: dict[int, list[int]] = {}
         for k, i in enumerate(items):
             by_shard.setdefault(int(self.shards[i]), []).append(k)
@@ -115,7 +165,7 @@ class _ClipSource:
             other = int(torch.randint(0, len(self), (1,), generator=g))
             (partner,) = self.read([other])
         sample = self.view(clip, g, partner)
-        sample["index"] = int(self.positions[item])
+        sample["index"] = int(clip.index)  # = positions[item] unless it was substituted
         return sample
 
 
@@ -135,8 +185,10 @@ class ClipDataset(_ClipSource, Dataset):
         require: Sequence[str] = (),
         seed: int = 0,
         deterministic: bool = False,
+        on_error: str = "raise",
+        checksums: bool | str | None = None,
     ) -> None:
-        super().__init__(store, view, split, require, seed)
+        super().__init__(store, view, split, require, seed, on_error, checksums)
         self.deterministic = deterministic
 
     def set_epoch(self, epoch: int) -> None:
@@ -193,8 +245,10 @@ class StreamingDataset(_ClipSource, IterableDataset):
         world_size: int | None = None,
         drop_last: bool = False,
         partition: str = "auto",
+        on_error: str = "raise",
+        checksums: bool | str | None = None,
     ) -> None:
-        super().__init__(store, view, split, require, seed)
+        super().__init__(store, view, split, require, seed, on_error, checksums)
         self.rank, self.world_size = dist_rank_world(rank, world_size)
         if partition not in ("auto", "shard", "sample"):
             raise ValueError("partition must be 'auto', 'shard' or 'sample'")

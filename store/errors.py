@@ -14,6 +14,10 @@ class StoreError(Exception):
     """
 
 
+class StoreConflict(StoreError):
+    """Another build (another manifest) is writing, or has written, this store."""
+
+
 def rebuild_hint(where: int | str | None = None) -> str:
     """How to rebuild a damaged shard: drop its commit record, let the build resume redo it.
 

@@ -9,6 +9,7 @@ The parts can be read without our code, e.g. duckdb ``read_parquet('STORE/index/
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,9 @@ INDEX_DIR = "index"
 SHARDS_DIR = "shards"
 LABELS_FILE = "labels.parquet"
 PART_RE = re.compile(r"^(\d+)\.parquet$")
+SUPERSEDED_KEY = b"mavil_store.superseded"
+MANIFEST_KEY = b"mavil_store.manifest"
+DATA_NAME_RE = re.compile(r"^(\d+)-[0-9a-f]+\.(zarr|h5)$")  # a data file's name in shards/
 SHARD_FILE_RE = re.compile(r"^shards/\d+-[0-9a-f]+\.(zarr|h5)$")
 
 INDEX_SCHEMA = pa.schema([
@@ -68,19 +72,46 @@ def part_name(shard_id: int) -> str:
     return f"{INDEX_DIR}/{shard_id:06d}.parquet"
 
 
-def make_part(rows: list[dict[str, Any]], shard_id: int, shard_file: str) -> pa.Table:
+def make_part(rows: list[dict[str, Any]], shard_id: int, shard_file: str,
+              superseded: dict[str, float] | None = None, manifest: str = "") -> pa.Table:
+    """One shard's index part. Schema metadata: the shard id and data file, the data files
+    of earlier commits still kept for older readers (``superseded``) and the fingerprint
+    of the manifest whose build committed it (``manifest``; FORMAT.md)."""
     table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
     meta = {b"mavil_store.shard": str(shard_id).encode(),
             b"mavil_store.shard_file": shard_file.encode()}
+    if superseded:
+        meta[SUPERSEDED_KEY] = json.dumps(
+            [{"file": f, "since": t} for f, t in sorted(superseded.items())]).encode()
+    if manifest:
+        meta[MANIFEST_KEY] = manifest.encode()
     return table.replace_schema_metadata(meta)
 
 
-def write_part(fs: Any, root: str, shard_id: int, table: pa.Table) -> str:
-    """Write one index part in one step (this is the shard's commit)."""
+def part_bytes(table: pa.Table) -> bytes:
+    """An index part as the Parquet file bytes written to index/NNNNNN.parquet."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def parse_part(data: bytes) -> pa.Table:
+    """Index part bytes -> the table (schema metadata kept); ValueError if unusable."""
+    try:
+        table = pq.read_table(pa.BufferReader(data), use_threads=False)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(str(exc)) from exc
+    missing = [n for n in INDEX_SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"lacks columns {missing}")
+    meta = table.schema.metadata
+    return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA).replace_schema_metadata(meta)
+
+
+def write_part(fs: Any, root: str, shard_id: int, table: pa.Table | bytes) -> str:
+    """Write one index part in one step (this is the shard's commit)."""
     path = join(root, part_name(shard_id))
-    atomic_write_bytes(fs, path, buf.getvalue())
+    atomic_write_bytes(fs, path, table if isinstance(table, bytes) else part_bytes(table))
     return path
 
 
@@ -107,7 +138,23 @@ def read_part(fs: Any, path: str) -> pa.Table:
     missing = [n for n in INDEX_SCHEMA.names if n not in table.column_names]
     if missing:
         raise StoreError(f"index part {path} lacks columns {missing}; {rebuild_hint(path)}")
-    return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+    meta = table.schema.metadata
+    return table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA).replace_schema_metadata(meta)
+
+
+def superseded_files(table: pa.Table) -> dict[str, float]:
+    """{data file: unix time it was replaced} recorded in an index part's metadata: data
+    files of earlier commits of the shard, kept so readers of older snapshots can finish
+    (FORMAT.md "Commit rule"); `pipeline verify --fix` removes them after the grace."""
+    raw = (table.schema.metadata or {}).get(SUPERSEDED_KEY)
+    if not raw:
+        return {}
+    try:
+        entries = json.loads(raw)
+        return {str(e["file"]): float(e["since"]) for e in entries
+                if SHARD_FILE_RE.match(str(e["file"]))}
+    except (ValueError, TypeError, KeyError):
+        return {}
 
 
 def list_parts(fs: Any, root: str) -> dict[int, str]:
@@ -125,16 +172,31 @@ def list_parts(fs: Any, root: str) -> dict[int, str]:
     return dict(sorted(parts.items()))
 
 
-def read_index(fs: Any, root: str, shards: Iterable[int] | None = None) -> pa.Table:
+def read_index(fs: Any, root: str, shards: Iterable[int] | None = None,
+               unreadable: dict[str, str] | None = None) -> pa.Table:
     """All committed parts, in shard order; an empty table with the schema if none.
     ``shards``: read only these shards' parts (a shard task on a 2 M-clip store must not
-    read 2,000 parts); a part that is not committed is a StoreError."""
+    read 2,000 parts); a part that is not committed is a StoreError.
+    ``unreadable``: collect parts that exist but cannot be read into this dict (path ->
+    reason, with the rebuild advice) and return the others, instead of raising."""
     if shards is None:
         paths = list(list_parts(fs, root).values())
     else:
         paths = [join(root, part_name(int(s))) for s in sorted(set(shards))]
+
+    def read(path: str) -> pa.Table | None:
+        if unreadable is None:
+            return read_part(fs, path)
+        try:
+            return read_part(fs, path)
+        except StoreError as exc:
+            if shards is not None and not fs.exists(path):
+                raise
+            unreadable[path] = str(exc)
+            return None
+
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(paths)))) as pool:
-        tables = list(pool.map(lambda p: read_part(fs, p), paths))  # Arrow drops the GIL
+        tables = [t for t in pool.map(read, paths) if t is not None]  # Arrow drops the GIL
     if not tables:
         return INDEX_SCHEMA.empty_table()
     return pa.concat_tables(tables).replace_schema_metadata(None)

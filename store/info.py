@@ -1,4 +1,8 @@
-"""Summarise a store: clips by split and status, size on disk, bytes per clip, stats."""
+"""Summarise a store: clips by split and status, size on disk, bytes per clip, stats.
+
+A damaged part of the store (an unreadable index part, a missing data file, a broken
+labels.parquet) does not stop the summary of the rest: each is listed under "problems"
+with what to do about it."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from typing import Any
 import pyarrow.compute as pc
 
 from store.backends.fs import join, resolve, size_on_disk
-from store.index import INDEX_DIR, LABELS_FILE, read_index, read_vocabulary
+from store.errors import StoreError, rebuild_hint
+from store.index import INDEX_DIR, LABELS_FILE, VOCAB_SCHEMA, read_index, read_vocabulary
 from store.records import OK
 from store.writer import read_spec
 
@@ -15,7 +20,9 @@ from store.writer import read_spec
 def store_info(path: str) -> dict[str, Any]:
     fs, root = resolve(path)
     spec = read_spec(fs, root)
-    index = read_index(fs, root)
+    unreadable: dict[str, str] = {}
+    index = read_index(fs, root, unreadable=unreadable)
+    problems = list(unreadable.values())
     by_split: dict[str, dict[str, int]] = {}
     # use_threads=False (as in index._read_parquet): Arrow's thread pools still busy at
     # interpreter exit aborted ~7% of `pipeline info` runs with exit 134 ("terminate called
@@ -24,11 +31,22 @@ def store_info(path: str) -> dict[str, Any]:
     for row in groups.aggregate([("clip_id", "count")]).to_pylist():
         by_split.setdefault(row["split"], {})[row["status"]] = row["clip_id_count"]
     files = sorted({f for f in index["shard_file"].to_pylist() if f})
-    data_bytes = sum(size_on_disk(fs, join(root, f)) for f in files)
+    data_bytes = 0
+    for f in files:
+        try:
+            data_bytes += size_on_disk(fs, join(root, f))
+        except FileNotFoundError:
+            shard = int(f.split("/")[-1].split("-")[0])
+            problems.append(f"shard data file {f} is missing; {rebuild_hint(shard)}; "
+                            "`pipeline verify` checks every shard")
     index_bytes = size_on_disk(fs, join(root, INDEX_DIR)) if fs.exists(join(root, INDEX_DIR)) \
         else 0
     n_ok = int(pc.sum(pc.equal(index["status"], OK)).as_py() or 0)
-    vocab = read_vocabulary(fs, root)
+    try:
+        vocab = read_vocabulary(fs, root)
+    except StoreError as exc:
+        problems.append(str(exc))
+        vocab = VOCAB_SCHEMA.empty_table()
     return {
         "path": str(path), "schema_version": spec.schema_version, "backend": spec.backend,
         "clips": index.num_rows, "ok": n_ok, "failed": index.num_rows - n_ok,
@@ -38,6 +56,7 @@ def store_info(path: str) -> dict[str, Any]:
         if fs.exists(join(root, LABELS_FILE)) else 0,
         "bytes_per_clip": data_bytes / n_ok if n_ok else 0.0,
         "num_classes": vocab.num_rows, "stats": spec.stats, "spec": spec.to_dict(),
+        "problems": problems,
     }
 
 
@@ -81,4 +100,5 @@ def format_info(info: dict[str, Any]) -> str:
     stats = info["stats"]
     lines.append("stats      " + (", ".join(f"{k}={_value(v)}" for k, v in sorted(stats.items()))
                                   if stats else "(none yet: run `pipeline stats STORE`)"))
+    lines += [f"PROBLEM    {p}" for p in info.get("problems", [])]
     return "\n".join(lines)

@@ -7,6 +7,7 @@ small LRU cache.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -25,14 +26,24 @@ from store.writer import read_spec
 
 __all__ = ["Clip", "Store", "open_store"]
 
+log = logging.getLogger(__name__)
+
+
+CHECKSUM_MODES = ("off", "once", "always")
+
 
 def open_store(path: str, cache_size: int = 16, engine: str = "auto",
-               checksums: bool = False, shards: Iterable[int] | None = None) -> Store:
+               checksums: bool | str = False, shards: Iterable[int] | None = None) -> Store:
     """Open a store for reading. ``engine`` (zarr backend only): "auto" reads shard files
     directly when their codecs allow it, "zarr" always goes through the zarr library.
-    ``checksums``: re-check every clip read against the index (StoreError on mismatch;
-    ~0.5 ms per clip), instead of leaving that to `pipeline verify`. ``shards``: see only
-    these shards (reads only their index parts; what a per-shard task wants)."""
+    ``checksums``: re-check clips read against the index (StoreError on mismatch) instead
+    of leaving that to `pipeline verify`: "always" (or True) every read (~0.5 ms per clip),
+    "once" the first read of each clip in this process (the cheap option: later epochs
+    cost nothing), "off" (or False) never. ``shards``: see only these shards (reads only
+    their index parts; what a per-shard task wants).
+
+    An unreadable index part does not stop the others: its shard is left out, named in
+    ``Store.unreadable_parts`` (path -> reason with the rebuild advice) and logged."""
     return Store(path, cache_size=cache_size, engine=engine, checksums=checksums,
                  shards=shards)
 
@@ -41,10 +52,11 @@ class Store:
     """A read-only view of the committed shards of a store."""
 
     def __init__(self, path: str, cache_size: int = 16, engine: str = "auto",
-                 checksums: bool = False, shards: Iterable[int] | None = None) -> None:
+                 checksums: bool | str = False, shards: Iterable[int] | None = None) -> None:
         self.path = os.fspath(path)
         self.shards = None if shards is None else sorted({int(s) for s in shards})
         self.checksums = checksums
+        self.unreadable_parts: dict[str, str] = {}
         self.cache_size = max(1, int(cache_size))
         self.engine = engine
         self.fs, self.root = resolve(self.path)
@@ -57,13 +69,15 @@ class Store:
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "cache_size": self.cache_size, "engine": self.engine,
                 "checksums": self.checksums, "spec": self.spec, "shards": self.shards,
-                "vocabulary": self.vocabulary, "index": self._index}
+                "vocabulary": self.vocabulary, "index": self._index,
+                "unreadable_parts": self.unreadable_parts}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.path, self.cache_size = state["path"], state["cache_size"]
         self.engine, self.spec = state["engine"], state["spec"]
         self.checksums, self.shards = state["checksums"], state["shards"]
         self.vocabulary, self._index = state["vocabulary"], state["index"]
+        self.unreadable_parts = state.get("unreadable_parts", {})
         self.fs, self.root = resolve(self.path)
         self._reset_caches()
 
@@ -74,12 +88,31 @@ class Store:
         self._pos: dict[str, int] | None = None
         self._shard_rows: dict[int, np.ndarray] | None = None
         self._row_maps: dict[int, dict[int, int]] = {}
+        self._verified: set[int] = set()  # positions checked in this process ("once")
+
+    @property
+    def checksums(self) -> str:
+        """The checksum mode: "off", "once" or "always"."""
+        return self._checksums
+
+    @checksums.setter
+    def checksums(self, mode: bool | str) -> None:
+        mode = {True: "always", False: "off"}.get(mode, mode) if isinstance(mode, bool) \
+            else mode
+        if mode not in CHECKSUM_MODES:
+            raise StoreError(f"checksums must be one of {CHECKSUM_MODES} (or a bool), got "
+                             f"{mode!r}")
+        self._checksums = mode
 
     # -- the index ------------------------------------------------------------------------
     def index(self) -> pa.Table:
         """All committed index parts, one row per clip (failed clips included)."""
         if self._index is None:
-            self._index = read_index(self.fs, self.root, self.shards)
+            bad: dict[str, str] = {}
+            self._index = read_index(self.fs, self.root, self.shards, unreadable=bad)
+            self.unreadable_parts = bad
+            for part, reason in bad.items():
+                log.warning("store %s: leaving out %s: %s", self.path, part, reason)
         return self._index
 
     def refresh(self) -> None:
@@ -134,8 +167,10 @@ class Store:
                 self._pos.setdefault(c, i)
         pos = self._pos.get(key)
         if pos is None:
+            left_out = "".join(f"; it may be in a shard left out: {r}"
+                               for r in self.unreadable_parts.values())
             raise StoreError(f"unknown clip id {key!r} in store {self.path}; check "
-                             "Store.index() for the ids it holds")
+                             f"Store.index() for the ids it holds{left_out}")
         return pos
 
     # -- clips ----------------------------------------------------------------------------
@@ -203,7 +238,8 @@ class Store:
         c = self._columns()
         n = int(c["video_frames"][i])
         samples = int(c["audio_samples"][i])
-        if self.checksums:
+        if self._checksums == "always" or (self._checksums == "once"
+                                          and i not in self._verified):
             wav_bytes = b"" if data.waveform is None else \
                 data.waveform[:samples].astype("<i2").tobytes()
             got = clip_checksum(data.fbank.astype("<f2").tobytes(), data.frames[:n], wav_bytes)
@@ -212,6 +248,7 @@ class Store:
                                  "mismatch (corrupt shard; `pipeline verify` lists every bad "
                                  "clip); "
                                  f"{rebuild_hint(int(c['shard'][i]))}")
+            self._verified.add(i)
         wav = None
         if data.waveform is not None:
             wav = torch.from_numpy(np.ascontiguousarray(data.waveform[:samples]))
@@ -221,6 +258,14 @@ class Store:
                     width=int(c["width"][i]), duration=float(c["duration"][i]),
                     has_audio=bool(c["has_audio"][i]), has_video=bool(c["has_video"][i]),
                     waveform=wav, index=i, split=c["split"][i])
+
+    def checksum_ok(self, clip: Clip) -> bool:
+        """Whether a clip read from this store still has the bytes its index row certifies
+        (the FORMAT.md checksum recomputed from ``clip``)."""
+        i = clip.index
+        wav = b"" if clip.waveform is None else clip.waveform.numpy().astype("<i2").tobytes()
+        got = clip_checksum(clip.fbank.numpy().astype("<f2").tobytes(), clip.frames, wav)
+        return got == self._columns()["checksum"][i]
 
     def _handle(self, shard_file: str) -> ShardReader:
         if os.getpid() != self._pid:  # forked: the parent's handles are not ours

@@ -43,6 +43,54 @@ def default_fbank() -> dict[str, Any]:
     }
 
 
+_NUMBER = (int, float)
+# what each store.json field must hold (checked on open: a wrong type is named, not a
+# TypeError deep in a reader); "positive" numbers must be > 0
+FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "schema_version": ((int,), False), "backend": ((str,), False),
+    "sample_rate": ((int,), True), "fbank": ((dict,), False),
+    "clip_seconds": (_NUMBER, True), "frame_rate": (_NUMBER, True),
+    "num_frames": ((int,), True), "resize_longer_side": ((int,), True),
+    "jpeg_quality": ((int,), True), "store_waveform": ((bool,), False),
+    "fbank_compression": ((str,), False), "shard_size": ((int,), True),
+    "stats": ((dict,), False), "vocabulary": ((dict,), False),
+    "audio": ((dict,), False),
+}
+FBANK_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "num_mel_bins": ((int,), True), "frame_length_ms": (_NUMBER, True),
+    "frame_shift_ms": (_NUMBER, True), "window_type": ((str,), False),
+    "dither": (_NUMBER, False), "htk_compat": ((bool,), False),
+    "use_energy": ((bool,), False), "remove_dc_offset": ((bool,), False),
+    "preemphasis_coefficient": (_NUMBER, False), "target_frames": ((int,), True),
+}
+
+
+def _check_field(source: str, key: str, value: Any, rule: tuple[tuple[type, ...], bool]
+                 ) -> None:
+    types, positive = rule
+    is_bool = isinstance(value, bool)
+    if not isinstance(value, types) or (is_bool and bool not in types):
+        want = " or ".join(t.__name__ for t in types)
+        raise StoreError(f"{source}: field {key!r} must be {want}, got {value!r}; fix the "
+                         "file or re-create the store")
+    if positive and not value > 0:
+        raise StoreError(f"{source}: field {key!r} must be > 0, got {value!r}")
+
+
+def default_audio() -> dict[str, Any]:
+    """How the waveform that feeds the fbank is made (recorded, never interpreted)."""
+    return {
+        "resampler": "ffmpeg -ac 1 -ar 16000 -f f32le (libswresample, ffmpeg defaults)",
+        "mean_removed": True,
+        "fbank_call": "torchaudio.compliance.kaldi.fbank(wave - wave.mean(), "
+                      "htk_compat=True, sample_frequency=16000, use_energy=False, "
+                      "window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10, "
+                      "frame_length=25, remove_dc_offset=True, preemphasis_coefficient=0.97)"
+                      " then zero-pad or cut to target_frames (store/fbank.py)",
+        "constant_mel_channel": 3,
+    }
+
+
 @dataclass
 class StoreSpec:
     """Everything in store.json. ``stats`` is filled by the pipeline after a run."""
@@ -61,6 +109,7 @@ class StoreSpec:
     shard_size: int = 1000
     stats: dict[str, Any] = field(default_factory=dict)
     vocabulary: dict[str, Any] = field(default_factory=dict)
+    audio: dict[str, Any] = field(default_factory=default_audio)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -105,6 +154,14 @@ class StoreSpec:
         unknown = sorted(set(data) - names)
         if unknown:
             raise StoreError(f"{source}: unknown keys {unknown} for schema version {version}")
+        for key, value in data.items():
+            _check_field(source, key, value, FIELD_TYPES[key])
+        fbank = data.get("fbank", {})
+        bad = sorted(set(fbank) - set(FBANK_TYPES))
+        if bad:
+            raise StoreError(f"{source}: field 'fbank' has unknown keys {bad}")
+        for key, value in fbank.items():
+            _check_field(source, f"fbank.{key}", value, FBANK_TYPES[key])
         return cls(**data)
 
     @classmethod

@@ -1,8 +1,10 @@
 """Re-check a store: every index part, every shard file, every clip's checksum.
 
-Problems (corruption, missing shards, index/shard mismatches) make verify fail and are
-named one by one. Orphans -- data files no index part names, left by killed writers or
-superseded commits -- are harmless garbage; they are listed and, with fix=True, removed.
+Problems (corruption, missing shards, index/shard mismatches, a damaged labels.parquet)
+make verify fail and are named one by one. Orphans -- data files no index part names,
+left by killed writers or superseded commits -- are harmless garbage; they are listed and,
+with fix=True, removed once older than the grace period (a superseded file counts from
+when it was replaced). A data file whose own index part is damaged is never an orphan.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ from store.backends import get_backend
 from store.backends.fs import join, remove, resolve
 from store.errors import StoreError, rebuild_hint
 from store.index import (
+    DATA_NAME_RE,
     INDEX_DIR,
+    LABELS_FILE,
     PART_RE,
     SHARDS_DIR,
     check_shard_file,
     list_parts,
+    part_name,
     read_part,
+    read_vocabulary,
+    superseded_files,
 )
 from store.records import OK, clip_checksum
 from store.writer import read_spec
@@ -40,6 +47,8 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # data files of damaged index parts
+    superseded: dict[str, float] = field(default_factory=dict)  # replaced file -> when
 
     @property
     def ok(self) -> bool:
@@ -50,8 +59,13 @@ class VerifyReport:
                  f"{self.checked} checksums verified, {len(self.problems)} problems, "
                  f"{len(self.orphans)} orphan files"]
         lines += [f"  PROBLEM {p}" for p in self.problems]
-        lines += [f"  orphan {o}" + (" (removed)" if o in self.removed else "")
+        lines += [f"  orphan {o}" + (" (removed)" if o in self.removed else
+                                     " (replaced by a re-run; kept for older readers until "
+                                     "the grace period has passed)" if o in self.superseded
+                                     else "")
                   for o in self.orphans]
+        lines += [f"  kept {k} (its index part is damaged; see the PROBLEM above)"
+                  for k in self.kept]
         return "\n".join(lines)
 
 
@@ -69,12 +83,14 @@ def verify_store(path: str, fix: bool = False, grace_seconds: float = 3600.0,
     backend = get_backend(spec.backend)
     parts = list_parts(fs, root)
     report.shards = len(parts)
-    tables = {}
+    tables, damaged = {}, set()
     for shard_id, part in parts.items():
         try:
             tables[shard_id] = read_part(fs, part)
         except StoreError as exc:
             report.problems.append(str(exc))
+            damaged.add(shard_id)
+    _check_labels(fs, root, spec, tables, report)
     counts = Counter(cid for t in tables.values() for cid in t["clip_id"].to_pylist())
     report.clips = sum(counts.values())
     dups = sorted(c for c, k in counts.items() if k > 1)
@@ -89,8 +105,32 @@ def verify_store(path: str, fix: bool = False, grace_seconds: float = 3600.0,
         named |= files
         _check_shard(fs, root, backend, spec, shard_id, parts[shard_id], rows, report, bar)
     bar.close()
-    _find_orphans(fs, root, named, report, fix, grace_seconds)
+    superseded = {f: t for table in tables.values() for f, t in superseded_files(table).items()}
+    report.superseded = superseded
+    _find_orphans(fs, root, named, superseded, damaged, report, fix, grace_seconds)
     return report
+
+
+def _check_labels(fs: Any, root: str, spec: Any, tables: dict[int, Any],
+                  report: VerifyReport) -> None:
+    """labels.parquet readable, its size = store.json's num_classes, every label in it."""
+    try:
+        vocab = read_vocabulary(fs, root)
+    except StoreError as exc:
+        report.problems.append(str(exc))
+        return
+    if not fs.exists(join(root, LABELS_FILE)):
+        return
+    want = spec.vocabulary.get("num_classes")
+    if isinstance(want, int) and want != vocab.num_rows:
+        report.problems.append(f"{join(root, LABELS_FILE)} has {vocab.num_rows} classes, "
+                               f"store.json vocabulary says {want}")
+    known = set(vocab["index"].to_pylist())
+    for shard_id, table in tables.items():
+        bad = sorted({x for ls in table["labels"].to_pylist() for x in ls} - known)
+        if bad:
+            report.problems.append(f"{part_name(shard_id)}: labels {bad[:5]} are not in "
+                                   f"{LABELS_FILE}")
 
 
 def _check_shard(fs: Any, root: str, backend: Any, spec: Any, shard_id: int, part: str,
@@ -159,9 +199,13 @@ def _check_clip(r: dict[str, Any], d: Any, ids: list[str], num_frames: Any, wher
         report.checked += 1
 
 
-def _find_orphans(fs: Any, root: str, named: set[str], report: VerifyReport, fix: bool,
-                  grace_seconds: float) -> None:
-    """Data files no index part names, and temp files of interrupted index writes."""
+def _find_orphans(fs: Any, root: str, named: set[str], superseded: dict[str, float],
+                  damaged: set[int], report: VerifyReport, fix: bool, grace_seconds: float
+                  ) -> None:
+    """Data files no index part names, and temp files of interrupted index writes. A data
+    file replaced by a later commit ages from its replacement (readers of the older
+    snapshot may still use it); one whose shard's index part is damaged is not an orphan
+    at all: it may be the only copy of that shard's features, so it is kept and named."""
     now = time.time()
     for directory in (SHARDS_DIR, INDEX_DIR):
         try:
@@ -173,7 +217,24 @@ def _find_orphans(fs: Any, root: str, named: set[str], report: VerifyReport, fix
             rel = f"{directory}/{name}"
             if rel in named or (directory == INDEX_DIR and PART_RE.match(name)):
                 continue
-            _orphan(fs, entry, rel, report, fix, now - _mtime(fs, entry) >= grace_seconds)
+            m = DATA_NAME_RE.match(name) if directory == SHARDS_DIR else None
+            if m and int(m.group(1)) in damaged:
+                report.kept.append(rel)
+                report.problems.append(_damaged_part_advice(int(m.group(1)), rel))
+                continue
+            since = superseded.get(rel)
+            age = now - (since if since is not None else _mtime(fs, entry))
+            _orphan(fs, entry, rel, report, fix, age >= grace_seconds)
+
+
+def _damaged_part_advice(shard_id: int, rel: str) -> str:
+    part = part_name(shard_id)
+    return (f"{rel} is kept, not an orphan: its index part {part} is damaged, and it may be "
+            f"the only copy of shard {shard_id}'s features. Recover the part from the copy "
+            "this file carries: `pipeline verify STORE --recover-index` (FORMAT.md "
+            f"\"Recovering an index part\"); or restore {part} from a backup; or drop the "
+            f"shard: delete {part} and run the same `pipeline build...` command again (it "
+            "re-processes the shard from its media)")
 
 
 def _orphan(fs: Any, entry: str, rel: str, report: VerifyReport, fix: bool, old: bool

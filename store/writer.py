@@ -4,31 +4,43 @@ write_shard(shard_id, records):
   1. packs the ok clips into arrays and writes them as a NEW data file
      shards/NNNNNN-<token>.(zarr|h5) (locally: temp name, then rename);
   2. writes index/NNNNNN.parquet in one step (temp + os.replace, or one PUT) -- the commit;
-  3. deletes the data file the previous commit of this shard named, if any.
+  3. keeps the data file the previous commit named: the new part records it (and when it
+     was replaced) as superseded, so a reader of the older snapshot finishes its epoch;
+     `pipeline verify --fix` removes it once the grace period has passed.
 A writer killed before 2 leaves only an unnamed data file (garbage, invisible to readers);
-killed after 2 the new shard is committed and the old data file is garbage. Writers of
-different shards touch disjoint names, so concurrent processes never conflict.
+killed after 2 the new shard is committed. Writers of different shards touch disjoint
+names, so concurrent processes never conflict.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from store.backends import ShardData, get_backend
-from store.backends.fs import atomic_write_bytes, join, remove, resolve, size_on_disk, token
-from store.errors import StoreError
+from store.backends.fs import atomic_write_bytes, join, resolve, size_on_disk, token
+from store.claim import (
+    check_claim,
+    claim_manifest,
+    conflict_message,
+    shard_fingerprint,
+)
+from store.errors import StoreConflict, StoreError
 from store.index import (
+    MANIFEST_KEY,
     SHARD_FILE_RE,
     SHARDS_DIR,
     list_parts,
     make_part,
+    part_bytes,
     part_name,
     read_part,
+    superseded_files,
     write_part,
     write_vocabulary,
 )
@@ -105,12 +117,22 @@ class StoreWriter:
             raise StoreError(f"shard {shard_id} is not committed ({path} does not exist)")
         return read_part(self.fs, path)
 
+    # -- the manifest claim (store/claim.py, FORMAT.md "Concurrent builds") --------------
+    def claim_manifest(self, shards: Sequence[str], description: str = "") -> None:
+        claim_manifest(self.fs, self.root, shards, self.spec.shard_size, description)
+
+    def check_claim(self, shard_id: int, claim: str) -> None:
+        check_claim(self.fs, self.root, shard_id, claim)
+
     def set_stats(self, stats: dict[str, Any]) -> None:
         self.spec.stats = dict(stats)
         atomic_write_bytes(self.fs, join(self.root, STORE_JSON), self.spec.to_json().encode())
 
-    def write_shard(self, shard_id: int, records: list[ClipRecord]) -> dict[str, Any]:
-        """Write and commit one shard atomically, replacing a previous commit whole."""
+    def write_shard(self, shard_id: int, records: list[ClipRecord], claim: str = ""
+                    ) -> dict[str, Any]:
+        """Write and commit one shard atomically, replacing a previous commit whole.
+        ``claim`` (a build's shard_fingerprint): refuse (StoreConflict) unless the store's
+        manifest claim and the commit being replaced stand for these same clips."""
         if not isinstance(shard_id, int | np.integer) or shard_id < 0:
             raise StoreError(f"shard id must be a non-negative int, got {shard_id!r}")
         shard_id = int(shard_id)
@@ -123,35 +145,54 @@ class StoreWriter:
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             raise StoreError(f"shard {shard_id}: duplicate clip ids {dup[:5]}")
+        if claim and shard_fingerprint(ids) != claim:
+            raise StoreError(f"shard {shard_id}: records are not the clips of claim {claim}")
         ok = [r for r in records if r.status == OK]
         data, rows, sums = self._pack(shard_id, ok)
-        old_file = self._committed_file(shard_id)
-        shard_file, nbytes = "", 0
+        if claim:
+            self.check_claim(shard_id, claim)
+        old_file, superseded = self._committed_file(shard_id, claim)
+        if old_file:
+            superseded[old_file] = time.time()
+        shard_file = ""
         if ok:
             shard_file = f"{SHARDS_DIR}/{shard_id:06d}-{token()}{self.backend.suffix}"
+        superseded.pop(shard_file, None)
+        part = part_bytes(make_part(self._rows(records, shard_id, shard_file, rows, sums, data),
+                                    shard_id, shard_file, superseded, claim))
+        nbytes = 0
+        if ok:
+            data.index_part = part  # the data file carries its own index part (recovery)
             path = join(self.root, shard_file)
             self.backend.write(self.fs, path, data, _test_hold)
             nbytes = size_on_disk(self.fs, path)
         _test_hold("commit")  # data complete, index part not yet written
-        table = make_part(self._rows(records, shard_id, shard_file, rows, sums, data),
-                          shard_id, shard_file)
-        write_part(self.fs, self.root, shard_id, table)
-        _test_hold("cleanup")  # committed; superseded data file not yet deleted
-        if old_file and old_file != shard_file:
-            remove(self.fs, join(self.root, old_file))
+        write_part(self.fs, self.root, shard_id, part)
+        _test_hold("cleanup")  # committed
         return {"shard": shard_id, "clips": len(records), "ok": len(ok),
                 "failed": len(records) - len(ok), "bytes": nbytes, "shard_file": shard_file}
 
-    def _committed_file(self, shard_id: int) -> str:
+    def _committed_file(self, shard_id: int, claim: str = "") -> tuple[str, dict[str, float]]:
+        """The data file the current commit of a shard names ("" if none), and the
+        superseded files it records that still exist (carried into the next commit).
+        With ``claim``: StoreConflict if that commit holds other clips."""
         path = join(self.root, part_name(shard_id))
         if not self.fs.exists(path):
-            return ""
+            return "", {}
         try:
-            names = read_part(self.fs, path)["shard_file"].to_pylist()
+            table = read_part(self.fs, path)
         except StoreError:
-            return ""  # a damaged old part: its data file becomes an orphan
+            return "", {}  # a damaged old part: verify keeps its data file and says so
+        if claim:
+            theirs = (table.schema.metadata or {}).get(MANIFEST_KEY, b"").decode() or \
+                shard_fingerprint(table["clip_id"].to_pylist())
+            if theirs != claim:
+                raise StoreConflict(conflict_message(self.root, shard_id))
+        names = table["shard_file"].to_pylist()
         name = next((n for n in names if n), "")
-        return name if SHARD_FILE_RE.match(name) else ""  # never delete outside shards/
+        kept = {f: t for f, t in superseded_files(table).items()
+                if self.fs.exists(join(self.root, f))}
+        return (name if SHARD_FILE_RE.match(name) else ""), kept
 
     def _pack(self, shard_id: int, ok: list[ClipRecord]
               ) -> tuple[ShardData, dict[str, int], dict[str, str]]:

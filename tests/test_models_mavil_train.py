@@ -3,17 +3,16 @@ a handful of real clips (decoded from the shared media by tests/model_fixtures.p
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-import torch.nn.functional as F
 from model_fixtures import real_clip_batch
+from overfit_cases import mavil_stages, small_clips
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from train.models import build_model
 
 torch.set_num_threads(1)
+STAGE1_RECON_RATIO, STAGE2_RECON_RATIO, INTER_OF_CHANCE = 5.0, 20.0, 0.5
 
 
 class OpRecorder(TorchDispatchMode):
@@ -53,43 +52,36 @@ def test_training_step_never_materialises_attention_matrices():
             assert not (shape[-1] == shape[-2] and shape[-1] in lengths), (name, shape)
 
 
-def _small_clips(media_dir) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = real_clip_batch(str(media_dir))
-    audio = batch["audio"][:, :, :256].contiguous()  # 2.56 s of fbank: 16 x 8 patches
-    frames = batch["video"][:, ::2].flatten(0, 1)  # 4 frames at 1 fps, 64 x 64 pixels
-    video = F.interpolate(frames, size=(64, 64), mode="bilinear", antialias=True)
-    return audio, video.reshape(4, 4, 3, 64, 64)
-
-
-def _train(model, audio, video, steps: int, lr: float = 3e-3) -> list[dict[str, float]]:
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    history = []
-    for _ in range(steps):
-        out = model(audio, video)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        history.append({k: out[k].item() for k in ("loss", "loss_recon", "loss_inter")})
-    return history
-
-
-def _mean(history, key, part):
-    rows = history[:5] if part == "first" else history[-10:]
-    return sum(r[key] for r in rows) / len(rows)
-
-
 @pytest.mark.slow
 def test_tiny_mavil_stage1_and_stage2_overfit_real_clips(media_dir):
-    audio, video = _small_clips(media_dir)
-    geometry = dict(audio_size=(256, 128), num_frames=4, img_size=64)
-    torch.manual_seed(0)
-    stage1 = build_model("mavil", "tiny", **geometry)
-    h1 = _train(stage1, audio, video, 150)
-    print(f"\nstage 1: loss {_mean(h1, 'loss', 'first'):.3f} -> {_mean(h1, 'loss', 'last'):.3f}")
-    assert _mean(h1, "loss_recon", "last") < _mean(h1, "loss_recon", "first") / 5
-    assert _mean(h1, "loss_inter", "last") < 0.75 * math.log(4)  # chance level is log(B)
+    """Stage 1 then stage 2 (stage 1 as the teacher), 200 steps each at lr 1e-3, trained and
+    measured on one fixed mask, measured in eval mode (tests/overfit_cases.py).
 
-    stage2 = build_model("mavil_stage2", "tiny", teacher=stage1, **geometry)
-    h2 = _train(stage2, audio, video, 150)
-    print(f"stage 2: loss {_mean(h2, 'loss', 'first'):.3f} -> {_mean(h2, 'loss', 'last'):.3f}")
-    assert _mean(h2, "loss_recon", "last") < _mean(h2, "loss_recon", "first") / 10
+    Spread over seeds 0-5 (shared 2-core dev VM, busy): stage-1 recon ratio 9.74-11.41
+    (median 10.84), stage-1 L_inter 0.001-0.228, stage-2 recon ratio 39.6-84.6 (median 64.5),
+    stage-2 L_inter <= 0.001. Thresholds: about half the worst seed's ratio (5 and 20), and
+    L_inter below half of chance (log 4 = 1.386), 3x above the worst seed."""
+    m = mavil_stages(small_clips(real_clip_batch(str(media_dir)), 64), seed=0)
+    print(f"\n{m}")
+    assert m["stage1_recon_ratio"] > STAGE1_RECON_RATIO
+    assert m["stage1_inter"] < INTER_OF_CHANCE * m["chance_inter"]
+    assert m["stage2_recon_ratio"] > STAGE2_RECON_RATIO
+
+
+def test_fixed_noise_fixes_the_masks_and_the_loss():
+    """noise_a / noise_v pick the visible tokens (smallest noise first, MAE convention): the
+    same noise gives the same masks and losses, whatever the global RNG does."""
+    torch.manual_seed(0)
+    model = build_model("mavil", "tiny", audio_size=(256, 128), num_frames=4, img_size=64).eval()
+    audio, video = torch.randn(2, 1, 256, 128), torch.randn(2, 4, 3, 64, 64)
+    noise_a, noise_v = torch.rand(2, 128), torch.rand(2, 32)
+    with torch.no_grad():
+        one = model(audio, video, noise_a=noise_a, noise_v=noise_v)
+        torch.rand(100)
+        two = model(audio, video, noise_a=noise_a, noise_v=noise_v)
+        free = model(audio, video)
+    assert torch.equal(one["loss"], two["loss"]) and not torch.equal(one["loss"], free["loss"])
+    keep = int(128 * (1 - 0.8))                                   # MAE: int(L * (1 - r))
+    visible = noise_a.argsort(dim=1)[:, :keep]
+    expected = torch.ones(2, 128).scatter_(1, visible, 0.0)
+    assert torch.equal(one["mask_audio"], expected)

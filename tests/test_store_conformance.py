@@ -179,9 +179,14 @@ def test_truncated_index_part_and_missing_shard(store_path, tmp_path):
     shutil.copytree(store_path, copy)
     part = copy / "index" / "000007.parquet"
     part.write_bytes(part.read_bytes()[:100])
-    with pytest.raises(StoreError, match=r"index/000007\.parquet is unreadable"):
-        open_store(str(copy)).index()
+    damaged = open_store(str(copy))  # the other parts open; the bad one is named
     store = open_store(str(store_path))
+    assert damaged.shard_ids() == [s for s in store.shard_ids() if s != 7]
+    ((path, reason),) = damaged.unreadable_parts.items()
+    assert path.endswith("index/000007.parquet") and "delete index/000007.parquet" in reason
+    lost = store.index().filter(pc.equal(store.index()["shard"], 7))["clip_id"][0].as_py()
+    with pytest.raises(StoreError, match=r"index/000007\.parquet is unreadable"):
+        damaged.get(lost)
     shutil.rmtree(copy)
     shutil.copytree(store_path, copy)
     row = store.index().to_pylist()[0]
@@ -215,8 +220,14 @@ def test_rerun_replaces_shard_whole(records, tmp_path):
         writer = create_store(str(path), StoreSpec(backend=backend))
         first = writer.write_shard(3, records[:4])
         second = open_writer(str(path)).write_shard(3, records[4:6])
-        assert not (path / first["shard_file"]).exists()
+        assert (path / first["shard_file"]).exists()  # kept for older readers (grace)
         assert (path / second["shard_file"]).exists()
+        third = open_writer(str(path)).write_shard(3, records[4:6])
+        from store.index import superseded_files
+
+        kept = superseded_files(writer.shard_index(3))  # both older files, still on disk
+        assert sorted(kept) == sorted([first["shard_file"], second["shard_file"]])
+        assert third["shard_file"] not in kept
         store = open_store(str(path))
         assert store.index()["clip_id"].to_pylist() == [r.clip_id for r in records[4:6]]
         assert store.get(records[4].clip_id).fbank.shape == (1024, 128)
@@ -246,8 +257,8 @@ def test_fsspec_url_store(backend, records):
     url = f"memory://conformance_{backend}"
     try:
         writer = create_store(url, StoreSpec(backend=backend, store_waveform=True))
-        writer.write_shard(0, records[:3])
-        second = writer.write_shard(0, records[:4])  # re-run: the old object is deleted
+        first = writer.write_shard(0, records[:3])
+        second = writer.write_shard(0, records[:4])  # re-run: the old object is kept a while
         store = open_store(url)
         for r in _ok(records[:4]):
             clip = store.get(r.clip_id)
@@ -255,7 +266,9 @@ def test_fsspec_url_store(backend, records):
             assert np.array_equal(clip.fbank.numpy().view(np.uint16), want.view(np.uint16))
             assert clip.frames == r.frames
         report = verify_store(url, progress=False)
-        assert report.ok and report.orphans == [], report.summary()
+        assert report.ok and report.orphans == [first["shard_file"]], report.summary()
+        report = verify_store(url, fix=True, grace_seconds=0, progress=False)
+        assert report.removed == [first["shard_file"]], report.summary()
         assert [c.clip_id for c in store.read_shard(0)] == [r.clip_id for r in _ok(records[:4])]
         assert second["shard_file"] in store.index()["shard_file"].to_pylist()
     finally:
@@ -351,8 +364,9 @@ def test_store_restricted_to_shards_reads_only_their_index_parts(store_path, tmp
     copy = tmp_path / "copy"
     shutil.copytree(store_path, copy)
     (copy / "index" / "000000.parquet").write_bytes(b"not parquet")  # another shard's part
-    with pytest.raises(StoreError, match=r"000000\.parquet"):
-        open_store(str(copy)).index()
+    whole = open_store(str(copy))
+    whole.index()  # the other parts open, the bad one is named
+    assert [p.rsplit("/", 1)[-1] for p in whole.unreadable_parts] == ["000000.parquet"]
     only7 = open_store(str(copy), shards=[7])
     full = open_store(str(store_path))
     expect = full.index().filter(pc.equal(full.index()["shard"], 7))

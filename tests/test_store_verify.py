@@ -106,8 +106,9 @@ def test_verify_detects_a_truncated_index_part(clean_store, tmp_path):
     part.write_bytes(part.read_bytes()[:-20])
     report = verify_store(str(store), progress=False)
     assert any("000001.parquet" in p for p in report.problems), report.summary()
-    # the shard named by the broken part is now unreferenced
-    assert len(report.orphans) == 1
+    # the shard named by the broken part is not an orphan: it is kept, with advice
+    assert report.orphans == [] and len(report.kept) == 1, report.summary()
+    assert any("--recover-index" in p for p in report.problems), report.summary()
 
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])

@@ -27,6 +27,7 @@ class ShardData:
     waveform: np.ndarray | None  # int16 [n, clip_samples] zero-padded, or None
     audio_samples: np.ndarray  # int32 [n]
     fbank_compression: str = "none"  # StoreSpec.fbank_compression
+    index_part: bytes = b""  # a copy of the shard's index part (FORMAT.md "Recovering")
 
     def __len__(self) -> int:
         return len(self.clip_ids)

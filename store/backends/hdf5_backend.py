@@ -69,8 +69,18 @@ def _write_file(path: str, data: ShardData, hook: Hook) -> None:
         if data.waveform is not None:
             f.create_dataset("waveform", data=data.waveform, dtype="<i2",
                              chunks=(1, data.waveform.shape[1]))
+        if data.index_part:
+            f.create_dataset("index_part", data=np.frombuffer(data.index_part, np.uint8))
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
+
+
+def read_index_copy(fs: Any, path: str) -> bytes:
+    """The copy of its index part a shard file carries (b"" if it has none)."""
+    import h5py
+
+    with fs.open(path, "rb") as raw, h5py.File(raw, "r") as f:
+        return f["index_part"][:].tobytes() if "index_part" in f else b""
 
 
 class HDF5ShardReader:

@@ -94,6 +94,21 @@ def _write_group(target: str, data: ShardData, hook: Hook) -> None:
                                  chunks=(1, wav.shape[1]), compressors=None, fill_value=0,
                                  config=_FULL)
         arr[:] = wav
+    if data.index_part:
+        copy = np.frombuffer(data.index_part, dtype=np.uint8)
+        arr = group.create_array("index_part", shape=copy.shape, dtype="uint8",
+                                 chunks=copy.shape, compressors=None, fill_value=0)
+        arr[:] = copy
+
+
+def read_index_copy(fs: Any, path: str) -> bytes:
+    """The copy of its index part a shard group carries (b"" if it has none)."""
+    zarr = _zarr()
+    group = zarr.open_group(fs.unstrip_protocol(path) if not is_local(fs) else path,
+                            mode="r")
+    if "index_part" not in group:
+        return b""
+    return np.asarray(group["index_part"][:], dtype=np.uint8).tobytes()
 
 
 class ZarrShardReader:

@@ -128,11 +128,13 @@ class MAViL(nn.Module):
 
     # ------------------------------------------------------------------ masked view
     def _masked_encode(
-        self, encoder: ModalityEncoder, x: torch.Tensor, ratio: float
+        self, encoder: ModalityEncoder, x: torch.Tensor, ratio: float,
+        noise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         tokens = encoder.embed(x)
         b, length, _ = tokens.shape
-        noise = torch.rand(b, length, device=tokens.device)
+        if noise is None:
+            noise = torch.rand(b, length, device=tokens.device)
         visible, mask, ids_restore, _ = random_masking(tokens, ratio, noise)
         out = {"um": encoder.forward_tokens(visible), "mask": mask, "ids_restore": ids_restore}
         if self.beta:  # second, disjoint view for the intra-modal contrast (Sec. 3.2)
@@ -154,8 +156,13 @@ class MAViL(nn.Module):
         audio: torch.Tensor,
         video: torch.Tensor,
         targets: dict[str, torch.Tensor] | None = None,
+        noise_a: torch.Tensor | None = None,
+        noise_v: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """audio [B, 1, T, F], video [B, T, 3, H, W] -> dict of losses and predictions.
+
+        ``noise_a`` / ``noise_v`` ([B, N] / [B, M], optional) fix the masks: the tokens with
+        the smallest noise stay visible, the next ones form the intra-modal second view.
 
         Keys: ``loss`` (Eq. 4 / 6), ``loss_recon`` (= audio + video terms of Eq. 1 / 5),
         ``loss_recon_audio``, ``loss_recon_video``, ``loss_inter``, ``loss_intra``
@@ -164,8 +171,8 @@ class MAViL(nn.Module):
         """
         if self.audio_decoder is None:
             raise RuntimeError("this MAViL was built without decoders (teacher only)")
-        a = self._masked_encode(self.audio_encoder, audio, self.mask_ratio)
-        v = self._masked_encode(self.video_encoder, video, self.video_mask_ratio)
+        a = self._masked_encode(self.audio_encoder, audio, self.mask_ratio, noise_a)
+        v = self._masked_encode(self.video_encoder, video, self.video_mask_ratio, noise_v)
         a_mm, v_mm = self.fusion(a["um"], v["um"])
         pred_a = self.audio_decoder(a_mm, a["ids_restore"])
         pred_v = self.video_decoder(v_mm, v["ids_restore"])

@@ -74,9 +74,12 @@ class MAViLStage2(nn.Module):
             targets = {k: F.layer_norm(t.float(), t.shape[-1:]) for k, t in targets.items()}
         return {k: t.detach() for k, t in targets.items()}
 
-    def forward(self, audio: torch.Tensor, video: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, audio: torch.Tensor, video: torch.Tensor,
+                noise_a: torch.Tensor | None = None, noise_v: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         """Same output dict as :meth:`MAViL.forward`; ``loss`` is Eq. 6."""
-        return self.student(audio, video, targets=self.teacher_targets(audio, video))
+        return self.student(audio, video, targets=self.teacher_targets(audio, video),
+                            noise_a=noise_a, noise_v=noise_v)
 
     def next_iteration(self, **student_kw) -> MAViLStage2:
         """Iteration k+1: this student (copied, frozen) teaches a fresh student (B.3, K = 3)."""
