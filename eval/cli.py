@@ -4,6 +4,7 @@
     evaluate retrieval --ckpt PT_CKPT --store S --out DIR [--per-class 5] [--direction both]
     evaluate compare DIR1 DIR2 ... --out REPORT_DIR
     evaluate bench --store S [--size tiny] [--clips-per-run 8]
+    evaluate protocol esc50-5fold|spc|holdout --store S --out DIR [--init CKPT|scratch]
 
 Bad input (a pre-training checkpoint given to `run`, a store whose vocabulary is not the
 head's, an empty split, ...) ends with one line on stderr and exit status 2.
@@ -164,14 +165,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from eval.protocols import cmd_protocol as run
+
+    return run(args)
+
+
 COMMANDS = {"run": cmd_run, "retrieval": cmd_retrieval, "compare": cmd_compare,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "protocol": cmd_protocol}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="evaluate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_retrieval, _add_compare, _add_bench):
+    from eval.protocols import add_parser as _add_protocol
+
+    for add in (_add_run, _add_retrieval, _add_compare, _add_bench, _add_protocol):
         add(sub)
     args = parser.parse_args(argv)
     try:

@@ -65,6 +65,9 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jpeg-encoder", choices=JPEG_ENCODERS, default="pil",
                    help="pil/torchvision encode raw frames; ffmpeg emits MJPEG directly")
     p.add_argument("--store-waveform", action="store_true")
+    p.add_argument("--target-frames", type=int, default=None,
+                   help="fbank frames stored per clip (store.json fbank.target_frames; default "
+                   "1024 = 10 s, build-esc50 512, build-speechcommands 128)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(p, youtube=False)
     _add_common_args(p)
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("build-esc50", help="ESC-50-master (meta/esc50.csv, audio/) -> store; "
+                       "split = fold1..fold5, 512 frames (pipeline/esc50.py)")
+    p.add_argument("--root", required=True, help="the ESC-50-master folder")
+    _add_common_args(p)
+    p.set_defaults(func=cmd_build_esc50)
+
+    p = sub.add_parser("build-speechcommands", help="Speech Commands v0.01 / v0.02 folder -> "
+                       "store; splits from the list files, 128 frames (pipeline/speechcommands.py)")
+    p.add_argument("--root", required=True, help="unpacked speech_commands_v0.0x folder")
+    p.add_argument("--task", choices=("35", "12"), default="35",
+                   help="35 words (v0.02, AST) or 12 classes (v0.01, SUPERB / SPC-1)")
+    p.add_argument("--test-root", help="12-class task: speech_commands_test_set_v0.01 folder "
+                   "(SUPERB's test set; default: testing_list.txt)")
+    _add_common_args(p)
+    p.set_defaults(func=cmd_build_speechcommands)
 
     p = sub.add_parser("make-synthetic", help="generate the labelled ffmpeg-made set: "
                        "OUT/media, OUT/manifest.csv, OUT/labels.csv (pipeline/synthetic.py)")
@@ -147,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _options(args: argparse.Namespace) -> BuildOptions:
     source = SourceConfig(
-        media_root=args.media_root, url_template=args.url_template,
+        media_root=getattr(args, "media_root", None),
+        url_template=getattr(args, "url_template", None),
         youtube=getattr(args, "source", None) == "youtube",
         youtube_url_template=getattr(args, "youtube_url_template",
                                      SourceConfig.youtube_url_template),
@@ -155,7 +175,7 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         timeout=args.timeout, max_bytes=int(args.max_mb * 1024 * 1024), retries=args.retries,
         deadline=args.deadline, cross_host_redirects=args.allow_cross_host_redirects,
         ffmpeg=args.ffmpeg)
-    if args.media_pattern:
+    if getattr(args, "media_pattern", None):
         source.patterns = tuple(args.media_pattern)
     decode = DecodeOptions(ffmpeg=args.ffmpeg,
                            video_output="mjpeg" if args.jpeg_encoder == "ffmpeg" else "rgb")
@@ -164,19 +184,44 @@ def _options(args: argparse.Namespace) -> BuildOptions:
                         jpeg_quality=args.jpeg_quality, store_waveform=args.store_waveform,
                         retry_failed=args.retry_failed, max_retries=args.max_retries,
                         report_dir=args.report_dir, progress=not args.no_progress,
-                        jpeg_encoder=args.jpeg_encoder, source=source, decode=decode)
+                        jpeg_encoder=args.jpeg_encoder, target_frames=args.target_frames,
+                        clip_seconds=getattr(args, "clip_seconds", None), source=source,
+                        decode=decode)
 
 
 def _finish(builder: ManifestBuilder, vocabulary: pa.Table, args: argparse.Namespace,
             name: str) -> int:
-    has_source = args.media_root or args.url_template or getattr(args, "source", None)
-    if args.command != "build" and not has_source:  # YouTube ids need a media source
+    has_source = (getattr(args, "media_root", None) or getattr(args, "url_template", None)
+                  or getattr(args, "source", None))
+    if args.command in YOUTUBE_BUILDS and not has_source:  # YouTube ids need a media source
         print("error: give --media-root, --url-template or --source youtube", file=sys.stderr)
         return 2
     builder.limit(args.limit)
     report = build(builder.specs, builder.rejects, vocabulary, _options(args), name)
     print(format_summary(report))
     return 0
+
+
+YOUTUBE_BUILDS = ("build-audioset", "build-vggsound")  # manifests of YouTube ids
+
+
+def cmd_build_esc50(args: argparse.Namespace) -> int:
+    from pipeline import esc50
+
+    builder = esc50.read_esc50(args.root, ManifestBuilder())
+    args.target_frames = args.target_frames or esc50.TARGET_FRAMES
+    args.clip_seconds = esc50.CLIP_SECONDS
+    return _finish(builder, esc50.esc50_vocabulary(), args, "esc50")
+
+
+def cmd_build_speechcommands(args: argparse.Namespace) -> int:
+    from pipeline import speechcommands as sc
+
+    builder = sc.read_speechcommands(args.root, ManifestBuilder(), args.task, args.test_root)
+    args.target_frames = args.target_frames or sc.TARGET_FRAMES
+    args.clip_seconds = sc.CLIP_SECONDS
+    return _finish(builder, sc.speechcommands_vocabulary(args.task), args,
+                   f"speechcommands{args.task}")
 
 
 def cmd_build_audioset(args: argparse.Namespace) -> int:
@@ -242,7 +287,7 @@ def cmd_bench_loader(args: argparse.Namespace) -> int:
 # Local paths the workers receive. Made absolute here: a Ray or Dask worker does not
 # share the driver's working directory (Ray runs tasks in its own working_dir copy).
 _PATH_ARGS = ("out", "store", "manifest", "media_root", "labels", "csv", "segments",
-              "report_dir", "download_dir", "media")
+              "report_dir", "download_dir", "media", "root", "test_root")
 
 
 def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:

@@ -55,6 +55,8 @@ class BuildOptions:
     report_dir: str | None = None        # default: <out>/reports for a local store
     progress: bool = True
     jpeg_encoder: str = "pil"
+    target_frames: int | None = None     # fbank frames per clip; None: 1024 (10-s clips)
+    clip_seconds: float | None = None    # nominal clip length; None: 10 s
     source: SourceConfig = field(default_factory=SourceConfig)
     decode: DecodeOptions = field(default_factory=DecodeOptions)
 
@@ -65,13 +67,20 @@ def open_or_create(opts: BuildOptions, vocabulary: pa.Table, vocab_name: str) ->
     if fs.exists(f"{root}/store.json"):
         writer = open_writer(opts.out)
         want = opts.shard_size or writer.spec.shard_size
-        if want != writer.spec.shard_size or opts.backend != writer.spec.backend:
+        frames = opts.target_frames or writer.spec.target_frames
+        if (want != writer.spec.shard_size or opts.backend != writer.spec.backend
+                or frames != writer.spec.target_frames):
             raise StoreError(f"{opts.out} was built with shard_size={writer.spec.shard_size}, "
-                             f"format={writer.spec.backend}; resume with the same settings")
+                             f"format={writer.spec.backend}, target_frames="
+                             f"{writer.spec.target_frames}; resume with the same settings")
         return writer
     spec = StoreSpec(backend=opts.backend, shard_size=opts.shard_size or 1000,
                      store_waveform=opts.store_waveform,
                      vocabulary={"name": vocab_name, "num_classes": vocabulary.num_rows})
+    if opts.target_frames:  # the clip length as stored (store.json fbank.target_frames)
+        spec.fbank["target_frames"] = int(opts.target_frames)
+    if opts.clip_seconds:
+        spec.clip_seconds = float(opts.clip_seconds)
     if opts.jpeg_quality:
         spec.jpeg_quality = opts.jpeg_quality
     return create_store(opts.out, spec, vocabulary)

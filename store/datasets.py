@@ -93,7 +93,8 @@ class _ClipSource:
         if checksums is not None:
             self.store.checksums = checksums
         # labels default to the vocabulary's size, norm "store" to store.json's stats
-        self.view = view.for_store(self.store.vocabulary.num_rows, self.store.spec.stats)
+        self.view = view.for_store(self.store.vocabulary.num_rows, self.store.spec.stats,
+                                   self.store.spec.target_frames)
         self.seed = int(seed)
         self.epoch = 0
         table = select_clips(self.store, split, require)

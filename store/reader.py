@@ -127,13 +127,15 @@ class Store:
     def filter(self, split: str | Iterable[str] | None = None, status: str | None = OK,
                labels: int | Iterable[int] | None = None) -> pa.Table:
         """Index rows matching all given conditions, with an extra int64 column "index"
-        (the row number in index(), what get() takes). ``labels``: any of these."""
+        (the row number in index(), what get() takes). ``split``: a name, a list of names or
+        comma-joined names ("fold1,fold2": split names never hold a comma, so a recipe's
+        ``data.split`` string can name several). ``labels``: any of these."""
         table = self.index()
         table = table.append_column("index", pa.array(np.arange(table.num_rows,
                                                                 dtype=np.int64)))
         mask = pa.array(np.ones(table.num_rows, dtype=bool))
         if split is not None:
-            splits = [split] if isinstance(split, str) else list(split)
+            splits = split.split(",") if isinstance(split, str) else list(split)
             mask = pc.and_(mask, pc.is_in(table["split"], pa.array(splits, pa.string())))
         if status is not None:
             mask = pc.and_(mask, pc.equal(table["status"], status))

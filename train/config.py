@@ -54,7 +54,7 @@ class DataConfig:
     view: str = "mavil_pretrain"        # a store.views.presets name
     norm: str = "audiomae"              # normalisation preset (store/views/norm.py) or "store"
     norm_values: dict[str, Any] = field(default_factory=dict)  # filled: {name, mean, std, scale}
-    audio_frames: int = 1024
+    audio_frames: int | None = None     # None: the store's fbank.target_frames (store.json)
     video_size: int = 224
     num_frames: int = 8
     time_mask: int | None = None        # SpecAugment (None: the view's default)
@@ -111,7 +111,7 @@ class Stage2Config:
 
 @dataclass
 class FinetuneConfig:
-    init: str = ""
+    init: str = ""                      # CKPT / RUN, or "scratch": random encoders
     mode: str = "audio"                 # audio | video | av
     loss: str = "auto"                  # auto (BCE multi-label / mixup, else CE) | bce | ce
     label_smoothing: float = 0.0

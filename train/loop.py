@@ -115,6 +115,8 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
     # ---------------------------------------------------------------- prepare (no GPU work)
     store = open_train_store(cfg.data.store)
     cfg.data.format = store.spec.backend
+    if cfg.data.audio_frames is None:  # the clip length the store was built with
+        cfg.data.audio_frames = store.spec.target_frames
     cfg.data.vocabulary = vocabulary(store)
     cfg.data.num_classes = len(cfg.data.vocabulary)
     num_classes = cfg.data.num_classes if cfg.stage == "finetune" else None

@@ -163,7 +163,32 @@ def build_stage2(cfg: DictConfig) -> tuple[nn.Module, nn.Module, dict[str, Any]]
     return model, student, {"teacher": path, "iteration": len(chain)}
 
 
+SCRATCH = "scratch"
+
+
+def _scratch_finetune(cfg: DictConfig, num_classes: int) -> tuple[nn.Module, nn.Module, dict]:
+    """``finetune.init=scratch``: the recipe's model family and size, random encoders (the
+    from-scratch baseline a pre-training gain is measured against)."""
+    mode = cfg.finetune.mode
+    base = cfg.model.name
+    name = FINETUNE_MODELS.get(base, {}).get(mode)
+    if name is None:
+        raise StageError(f"model.name={base!r}: no {mode} fine-tuning model")
+    if num_classes < 1:
+        raise StageError(f"store {cfg.data.store} has no label vocabulary to fine-tune on")
+    cfg.model.name, cfg.model.inputs = name, MODE_INPUTS[mode]
+    kw = model_kwargs(cfg)
+    kw["num_classes"] = num_classes
+    if name in ("cav_mae_ft", "av_mae_ft"):
+        kw["mode"] = mode
+    cfg.model.kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
+    return _build(name, cfg.model.size, kw), None, {"init": SCRATCH, "init_stage": "none"}
+
+
 def build_finetune(cfg: DictConfig, num_classes: int) -> tuple[nn.Module, nn.Module, dict]:
+    if cfg.finetune.init == SCRATCH:
+        model, _, notes = _scratch_finetune(cfg, num_classes)
+        return model, model, notes
     path, ckpt = _checkpoint(cfg.finetune.init, "init")
     icfg = ckpt["config"]
     imodel, istage = icfg.get("model", {}), icfg.get("stage")

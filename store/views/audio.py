@@ -141,7 +141,7 @@ class AudioView:
     """
 
     norm: AudioNorm = PRESETS["audiomae"]
-    target_frames: int = TARGET_FRAMES
+    target_frames: int | None = None  # None: the store's (filled by the dataset), else 1024
     roll: bool = False
     gain: bool = False
     time_mask: int = 0
@@ -151,13 +151,14 @@ class AudioView:
 
     def raw(self, fbank: torch.Tensor) -> torch.Tensor:
         """Stored fbank (any float dtype) -> float32 [target_frames, mel] raw log-mel."""
-        return fit_length(fbank.float(), self.target_frames)
+        return fit_length(fbank.float(), self.target_frames or TARGET_FRAMES)
 
     def __call__(self, fbank: torch.Tensor | None, valid: int, g: torch.Generator) -> torch.Tensor:
         if fbank is None:
-            return torch.zeros(1, self.target_frames, NUM_MEL_BINS, dtype=torch.float32)
+            return torch.zeros(1, self.target_frames or TARGET_FRAMES, NUM_MEL_BINS,
+                               dtype=torch.float32)
         x = self.raw(fbank)
-        valid = min(int(valid), self.target_frames)
+        valid = min(int(valid), x.shape[0])
         if self.roll:
             x, _ = random_roll(x, valid, g)
         if self.gain:

@@ -30,7 +30,8 @@ class SampleView:
     labels: LabelView | None = None
     mixup: Mixup | None = None
 
-    def for_store(self, num_classes: int, stats: dict | None) -> SampleView:
+    def for_store(self, num_classes: int, stats: dict | None,
+                  target_frames: int | None = None) -> SampleView:
         """This view with what it left to the store filled in: the label count (the
         vocabulary's size) when ``num_classes`` was not given, and the mean / std of the
         "store" normalisation preset from store.json's ``stats``."""
@@ -38,7 +39,9 @@ class SampleView:
         if self.labels is not None and self.labels.num_classes is None:
             out = replace(out, labels=replace(self.labels, num_classes=int(num_classes)))
         if self.audio is not None and not self.audio.norm.resolved:
-            out = replace(out, audio=replace(self.audio, norm=self.audio.norm.resolve(stats)))
+            out = replace(out, audio=replace(out.audio, norm=self.audio.norm.resolve(stats)))
+        if out.audio is not None and out.audio.target_frames is None and target_frames:
+            out = replace(out, audio=replace(out.audio, target_frames=int(target_frames)))
         return out
 
     def wants_partner(self, g: torch.Generator) -> bool:
