@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from eval.forward import score_batch
-from store.datasets import ClipDataset, fbank_stats, select_clips
+from store.datasets import ClipDataset, select_clips
 from store.jpeg import collate
 from store.reader import open_store
 from store.views import make_view
@@ -64,7 +64,7 @@ def run_bench(store: str, size: str = "tiny", split: str | None = None, n_clips:
     torch.manual_seed(0)
     model = build_model("mavil_av_ft", size, num_classes=st.vocabulary.num_rows,
                         img_size=img_size).eval().to(dev)
-    norm = {**fbank_stats(st), "std_scale": 1.0}
+    norm = {"norm": "store" if st.spec.stats else "audiomae"}
     timed = _timer(dev)
     amp = torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda")
     res: dict[str, float] = {}

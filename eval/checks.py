@@ -12,6 +12,8 @@ from torch import nn
 
 from eval.views import FAMILIES
 from store.reader import Store
+from store.views.norm import AudioNorm
+from store.views.norm import audio_norm as norm_from
 from train.checkpoints import CheckpointError
 from train.trained import load_trained, resolve_checkpoint
 
@@ -72,27 +74,24 @@ def head_classes(model: nn.Module) -> int | None:
     return int(head.out_features) if isinstance(head, nn.Linear) else None
 
 
-def audio_norm(config: dict[str, Any], store: Store) -> dict[str, float]:
-    """fbank normalisation the model was trained with, from ``config["data"]["norm"]``:
-    the trainer's presets (train/data.py) - ``"audiomae"``: Table 10's AudioSet mean / std
-    with the AudioMAE code's 2 x std; ``"store"``: the store's own statistics, 2 x std - or
-    a ``{"mean", "std", "std_scale"}`` mapping; without one, the store's statistics, 1 x std."""
-    from store.datasets import fbank_stats
-    from store.views.audio import AUDIOSET_MEAN, AUDIOSET_STD
+def audio_norm(config: dict[str, Any], store: Store) -> dict[str, AudioNorm]:
+    """``{"norm": AudioNorm}`` for ``make_view``: the normalisation the model was trained with.
 
-    norm = config.get("data", {}).get("norm")
-    if norm == "audiomae":
-        return {"mean": AUDIOSET_MEAN, "std": AUDIOSET_STD, "std_scale": 2.0}
-    if norm == "store":
-        return {**fbank_stats(store), "std_scale": 2.0}
-    out = {**fbank_stats(store), "std_scale": 1.0}
-    if isinstance(norm, dict):
-        for key in ("mean", "std", "std_scale"):
-            if norm.get(key) is not None:
-                out[key] = float(norm[key])
-    elif norm is not None:
-        raise EvalError(f"unknown normalisation preset {norm!r} in the checkpoint's config")
-    return out
+    The trainer saves the preset's name in ``config["data"]["norm"]`` and its resolved values
+    in ``config["data"]["norm_values"]`` (``AudioNorm.to_dict()``); the resolved values win, so
+    a ``"store"`` preset keeps the training store's statistics whatever store is scored.
+    Without either, the view family's default preset applies (no entry)."""
+    data = config.get("data", {}) or {}
+    saved = data.get("norm_values") or {}
+    try:
+        if saved.get("mean") is not None and saved.get("std") is not None:
+            return {"norm": norm_from(saved)}
+        name = data.get("norm")
+        if name is None:
+            return {}
+        return {"norm": norm_from(name).resolve(store.spec.stats)}
+    except ValueError as exc:
+        raise EvalError(f"the checkpoint's normalisation: {exc}") from None
 
 
 def input_sizes(config: dict[str, Any]) -> dict[str, int]:

@@ -25,6 +25,7 @@ import torch
 from store.views import make_view
 from store.views.audio import AudioView
 from store.views.crop import center_square_box
+from store.views.norm import PRESETS
 from store.views.sample import SampleView
 from store.views.video import Plan, VideoViewBase, _plan
 
@@ -74,11 +75,11 @@ def model_modalities(model: Any) -> tuple[str, ...]:
     return ("audio", "video") if mode == "av" else (mode,)
 
 
-def inference_setup(name: str, model: Any, clips: int, audio: dict[str, float],
+def inference_setup(name: str, model: Any, clips: int, audio: dict[str, Any],
                     decode: str = "cpu", size: int = 224, num_frames: int = 8,
                     audio_frames: int = 1024) -> InferenceSetup:
-    """The view for model ``name`` at ``clips`` (1 or 10). ``audio``: mean / std /
-    std_scale of the fbank normalisation; ``size``, ``num_frames``, ``audio_frames``: the
+    """The view for model ``name`` at ``clips`` (1 or 10). ``audio``: ``{"norm": AudioNorm}``
+    (``{}``: the view family's default preset); ``size``, ``num_frames``, ``audio_frames``: the
     input sizes the model was trained with (the recipe's data.video_size, data.num_frames,
     data.audio_frames)."""
     if clips not in (1, 10):
@@ -95,7 +96,8 @@ def inference_setup(name: str, model: Any, clips: int, audio: dict[str, float],
             view = make_view(view_name, decode=decode, size=size, **audio)
         else:
             view_name = "cavmae_frames10"
-            view = SampleView(audio=AudioView(**audio),
+            norm = audio.get("norm", PRESETS["cavmae"])
+            view = SampleView(audio=AudioView(norm=norm),
                               video=CAVMAEFramesView(size=size, decode=decode))
     else:
         views = clips

@@ -26,14 +26,14 @@ from eval.metrics import multi_hot
 from eval.views import cavmae_frame_indices, inference_setup
 from store import open_store
 from store.jpeg import decode_cpu
-from store.views import make_view
+from store.views import AudioNorm, make_view
 from store.views.crop import center_square_box
 from store.views.render import render_frames
 from train.models import build_model
 from train.models.patch_embed import AudioPatchEmbed, VideoPatchEmbed
 
 SIZE = 64  # the tiny models see 64 x 64 frames (4 x 4 patches): seconds per run on a CPU
-NORM = {"mean": -4.0, "std": 4.0, "std_scale": 1.0}
+NORM = {"norm": AudioNorm("test", -4.0, 4.0, 1.0)}
 
 
 def tiny(name: str, **kw) -> torch.nn.Module:
@@ -61,10 +61,11 @@ def test_ten_windows_equal_mavil_eval10(zarr_store) -> None:  # noqa: F811
     st = open_store(zarr_store)
     setup = inference_setup("mavil_av_ft", tiny("mavil_av_ft"), 10, NORM, size=SIZE)
     assert setup.view_name == "mavil_eval10" and setup.num_views == 10
-    ref = make_view("mavil_eval10", size=SIZE, **NORM)
+    ref = make_view("mavil_eval10", size=SIZE, labels=False, **NORM)
+    view = setup.view.for_store(st.vocabulary.num_rows, st.spec.stats)
     g = torch.Generator()
     for clip in [st.get(i) for i in range(len(st)) if st.get(i).has_video][:4]:
-        got = setup.view(clip, g)
+        got = view(clip, g)
         assert torch.equal(got["video"], ref(clip, g)["video"])
         assert torch.equal(got["audio"], ref(clip, g)["audio"])  # one 10-s audio per clip
         n = len(clip.frames)
@@ -89,7 +90,8 @@ def test_audio_once_equals_ten_full_forwards(name: str, zarr_store) -> None:  # 
     setup = inference_setup(name, model, 10, NORM, size=SIZE)
     st = open_store(zarr_store)
     clips = [c for c in (st.get(i) for i in range(len(st))) if c.has_audio and c.has_video][:2]
-    samples = [setup.view(c, torch.Generator()) for c in clips]
+    view = setup.view.for_store(st.vocabulary.num_rows, st.spec.stats)
+    samples = [view(c, torch.Generator()) for c in clips]
     audio = torch.stack([s["audio"] for s in samples])
     video = torch.stack([s["video"] for s in samples])
     got = score_batch(model, setup.family, audio, video, single_label=False)
