@@ -153,3 +153,37 @@ def test_one_second_clip_stored_8x_smaller(v2_root: Path, tmp_path: Path) -> Non
         shapes[frames] = tuple(ds[0]["audio"].shape)
     assert sizes == {None: 1024 * 128 * 2, 128: 128 * 128 * 2}
     assert shapes == {None: (1, 1024, 128), 128: (1, 128, 128)}
+
+
+def test_trainer_unknown_half_sampler_follows_the_footnote(v1_root: Path, tmp_path: Path) -> None:
+    """Table 10 footnote *: each class repeated to 50 % of `_unknown_`'s size. The epoch's
+    draws per class, counted by hand from the train split, against the trainer's sampler."""
+    from collections import Counter
+
+    from omegaconf import OmegaConf
+
+    from train.config import Config
+    from train.data import build_loader
+
+    out = str(tmp_path / "s")
+    assert main(["build-speechcommands", "--root", str(v1_root), "--task", "12", "--out", out,
+                 *BUILD]) == 0
+    store = open_store(out)
+    cfg = OmegaConf.structured(Config)
+    cfg.model.inputs = ["audio"]
+    cfg.data.view, cfg.data.sampler, cfg.data.multi_label = "audio_train", "unknown_half", False
+    cfg.data.audio_frames = 128
+    classes = task_classes("12")
+    loader = build_loader(cfg, store, 0, 1, len(classes))
+    labels = [ls[0] for ls in loader.dataset.labels]
+    n = Counter(labels)
+    unknown = classes.index(UNKNOWN)
+    want = {c: max(k, n[unknown] * 0.5) if c != unknown else k for c, k in n.items()}
+    assert len(loader.sampler) == round(sum(want.values()))
+    draws: Counter = Counter()
+    for epoch in range(40):
+        loader.sampler.set_epoch(epoch)
+        draws.update(labels[i] for i in loader.sampler)
+    total = sum(draws.values())
+    for c in n:  # each class's share of an epoch, within sampling error
+        assert abs(draws[c] / total - want[c] / sum(want.values())) < 0.08

@@ -2,21 +2,19 @@
 
 16 clips of 4 s (cut from the five files of ``../shared/data/media``): audio+video (bunny,
 earth), video without audio (cityCC0) and audio without video (speech, house), five labels
-by source, 13 train / 3 eval, 4 per shard. Built once per session with the pipeline's own
-shard task.
+by source, 13 train / 3 eval, 4 per shard. Built once per session by the `pipeline build`
+command in its own process (an in-process build after hundreds of other tests once hung in
+zarr's I/O thread).
 """
 
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
-from pipeline.generic_manifest import generic_vocabulary, read_generic
-from pipeline.manifest import ManifestBuilder, shard_plan
-from pipeline.shard_task import ShardJob, process_shard
-from store import StoreSpec, create_store
 
 CLIPS = [  # id, file, start, labels, split
     ("bunny_0", "bigbuckbunny.mp4", 0, "animation", "train"),
@@ -47,11 +45,11 @@ def build_train_store(root: Path, media: Path, backend: str = "zarr") -> str:
         w.writerow(["id", "uri", "start", "end", "labels", "split"])
         for cid, name, start, labels, split in CLIPS:
             w.writerow([cid, str(media / name), start, start + SECONDS, labels, split])
-    vocab = generic_vocabulary(manifest)
-    create_store(str(root), StoreSpec(shard_size=4, backend=backend), vocab)
-    specs = read_generic(manifest, vocab, ManifestBuilder()).specs
-    for sid, clips in enumerate(shard_plan(specs, 4)):
-        process_shard(ShardJob(str(root), sid, clips))
+    cmd = [sys.executable, "-m", "pipeline.cli", "build", "--manifest", str(manifest),
+           "--out", str(root), "--format", backend, "--shard-size", "4", "--engine", "local",
+           "--workers", "2", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return str(root)
 
 

@@ -49,7 +49,7 @@ class DataConfig:
     split: str = "train"
     require: list[str] = field(default_factory=list)   # drop clips lacking these modalities
     loader: str = "map"                 # map (random access + sampler) | stream (shard-aware)
-    sampler: str = "shuffle"            # shuffle | balanced (weights 1000 / (n_c + 0.01))
+    sampler: str = "shuffle"            # shuffle | balanced (1000 / (n_c + 0.01)) | unknown_half
     samples_per_epoch: int | None = None  # balanced: draws per epoch (AS-2M: 200,000)
     view: str = "mavil_pretrain"        # a store.views.presets name
     norm: str = "audiomae"              # normalisation preset (store/views/norm.py) or "store"
@@ -196,7 +196,8 @@ def load_config(stage: str, recipe: str | None = None, overrides: list[str] = ()
 
 def check(cfg: DictConfig) -> None:
     """Values the schema's types cannot check."""
-    choices = {"data.loader": ("map", "stream"), "data.sampler": ("shuffle", "balanced"),
+    choices = {"data.loader": ("map", "stream"),
+               "data.sampler": ("shuffle", "balanced", "unknown_half"),
                "optim.preset": ("table10", "audiomae_code"),
                "train.precision": ("auto", "fp32", "bf16", "fp16"),
                "train.nonfinite": ("stop", "skip"), "stage2.target": ("fusion", "uni"),

@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from store import open_store
+from store.class_balance import balance_to_reference
 from store.datasets import ClipDataset, ResumableLoader, StreamingDataset
 from store.errors import StoreError
 from store.jpeg import collate
@@ -190,10 +191,27 @@ def build_loader(cfg: Any, store: Store, rank: int, world_size: int, num_classes
                                                     rank=rank, world_size=world_size, seed=seed)
         except ValueError as exc:
             raise DataError(f"balanced sampling over split {d.split!r}: {exc}") from None
+    elif d.sampler == "unknown_half":  # MAViL Table 10 footnote * (Speech Commands)
+        sampler = _unknown_half_sampler(ds, store, rank, world_size, seed)
     else:
         sampler = DistributedShuffleSampler(len(ds), rank=rank, world_size=world_size,
                                             shuffle=True, seed=seed)
     return MapLoader(ds, sampler, d.batch_size, d.num_workers, world_size, d.sampler)
+
+
+def _unknown_half_sampler(ds: ClipDataset, store: Store, rank: int, world_size: int,
+                          seed: int) -> WeightedSampler:
+    """Each class repeated and balanced to 50 % of the ``_unknown_`` class's size, drawn with
+    replacement (store/class_balance.py)."""
+    mids = vocabulary(store)
+    if "_unknown_" not in mids:
+        raise DataError("data.sampler=unknown_half needs a store with an '_unknown_' class "
+                        "(pipeline build-speechcommands --task 12)")
+    try:
+        weights, draws = balance_to_reference(ds.labels, mids.index("_unknown_"), 0.5)
+    except ValueError as exc:
+        raise DataError(f"data.sampler=unknown_half: {exc}") from None
+    return WeightedSampler(weights, draws, rank=rank, world_size=world_size, seed=seed)
 
 
 def steps_per_epoch(loader: MapLoader | StreamLoader, batch_size: int, accum: int) -> int:
