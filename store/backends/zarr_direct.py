@@ -61,8 +61,8 @@ class ShardFile:
             if is_local(fs):
                 self._fd = os.open(path, os.O_RDONLY)
                 size = os.fstat(self._fd).st_size
-            else:
-                self._remote = fs.open(path, "rb")
+            else:  # object store: ranged GETs, no file object (s3fs reads ahead 50 MB)
+                self._remote = fs
                 size = fs.size(path)
         except FileNotFoundError as exc:
             raise StoreError(f"shard file {path} is missing; {rebuild_hint(path)}") from exc
@@ -90,8 +90,7 @@ class ShardFile:
                 return out if got == nbytes else out[:got]
             return os.pread(self._fd, nbytes, offset)
         assert self._remote is not None
-        self._remote.seek(offset)
-        data = self._remote.read(nbytes)
+        data = self._remote.cat_file(self.path, start=offset, end=offset + nbytes)
         if out is None:
             return data
         out[: len(data)] = data
@@ -180,9 +179,29 @@ class ShardFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self._remote is not None:
-            self._remote.close()
-            self._remote = None
+        self._remote = None
+
+
+def prefetch_remote(files: Sequence[ShardFile], rows: Sequence[int]) -> None:
+    """Object stores: fetch the chunks of ``rows`` in all ``files`` (a clip's fbank, frames
+    and waveform) with one batch of concurrent range GETs (``fs.cat_ranges``; s3fs issues
+    them together), so a batch of clips costs about one round trip, not one per chunk."""
+    paths, starts, ends, keys = [], [], [], []
+    for f in files:
+        for r in sorted(set(rows)):
+            offset, nbytes = (int(v) for v in f.index[r])
+            if offset != NO_CHUNK and r not in f.cached:
+                paths.append(f.path)
+                starts.append(offset)
+                ends.append(offset + nbytes)
+                keys.append((f, r))
+    if not paths:
+        return
+    fs = files[0]._remote
+    for (f, r), data, lo, hi in zip(keys, fs.cat_ranges(paths, starts, ends), starts, ends,
+                                    strict=True):
+        if isinstance(data, bytes) and len(data) == hi - lo:
+            f.cached[r] = memoryview(data)  # anything else: read_chunk reports it
 
 
 def decode_vlen(raw: bytes, n_items: int, where: str) -> list[bytes]:
