@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from store.backends import ShardReader, ShardRow, get_backend
-from store.backends.fs import join, resolve
+from store.backends.fs import forget_listings, join, resolve
 from store.errors import StoreError, rebuild_hint
 from store.index import check_shard_file, read_index, read_vocabulary
 from store.records import OK, Clip, clip_checksum
@@ -118,6 +118,7 @@ class Store:
     def refresh(self) -> None:
         """Re-read the index (shards committed since opening become visible)."""
         self.close()
+        forget_listings(self.fs)
         self._index = None
         self._reset_caches()
 

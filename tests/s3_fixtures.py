@@ -11,6 +11,7 @@ and stops the server at the end. `s3_bucket` gives each test a fresh bucket URL.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ def s3_server() -> Iterator[str]:
     import fsspec
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

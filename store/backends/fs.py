@@ -21,7 +21,17 @@ def resolve(path: str | os.PathLike[str]) -> tuple[Any, str]:
     fs, root = fsspec.core.url_to_fs(os.fspath(path))
     if is_local(fs):
         root = os.path.abspath(root)
+    else:
+        forget_listings(fs)
     return fs, root.rstrip("/")
+
+
+def forget_listings(fs: Any) -> None:
+    """Drop the listings an object-store filesystem caches per process (s3fs keeps every
+    listing it made): another process may have committed shards since, and a stale listing
+    would hide their data files (open, verify and Store.refresh() call this)."""
+    if not is_local(fs):
+        fs.invalidate_cache()
 
 
 def is_local(fs: Any) -> bool:
