@@ -201,7 +201,8 @@ def _manifest(path: Path, media: Path, names) -> Path:
 
 def _build(manifest: Path, out: str, endpoint: str, *extra: str) -> subprocess.CompletedProcess:
     """`pipeline build --out s3://...` as a user runs it: only AWS_* variables set."""
-    cmd = [sys.executable, "-m", "pipeline", "build", "--manifest", str(manifest), "--out",
+    cmd = [sys.executable, "-c", "import sys; from pipeline.cli import main; "
+           "sys.exit(main(sys.argv[1:]))", "build", "--manifest", str(manifest), "--out",
            out, "--engine", "local", "--workers", "1", "--shard-size", "2",
            "--no-progress", *extra]
     return subprocess.run(cmd, env=s3_env(endpoint), cwd=REPO, capture_output=True,
