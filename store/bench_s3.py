@@ -106,7 +106,6 @@ def run(latency_ms: float, epochs: int, workers: int, batch: int, backend: str) 
             reqs, samples = 0, 0
             for epoch in range(epochs + 1):
                 for name, loader in loaders.items():
-                    loader.dataset.set_epoch(epoch)  # same order on both sides
                     before = _requests(endpoint)
                     rate, n = _epoch_rate(loader)
                     if epoch > 0:

@@ -7,7 +7,6 @@ resume and --retry-failed, and a 2-worker DataLoader reading every clip once per
 from __future__ import annotations
 
 import csv
-import os
 import pickle
 import subprocess
 import sys

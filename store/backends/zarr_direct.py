@@ -182,26 +182,38 @@ class ShardFile:
         self._remote = None
 
 
+MAX_GAP = 256 * 1024  # object stores: read over gaps up to this rather than add a request
+
+
 def prefetch_remote(files: Sequence[ShardFile], rows: Sequence[int]) -> None:
     """Object stores: fetch the chunks of ``rows`` in all ``files`` (a clip's fbank, frames
     and waveform) with one batch of concurrent range GETs (``fs.cat_ranges``; s3fs issues
-    them together), so a batch of clips costs about one round trip, not one per chunk."""
-    paths, starts, ends, keys = [], [], [], []
+    them together), chunks less than MAX_GAP apart merged into one range, so a batch of
+    clips costs about one round trip, not one per chunk."""
+    paths, starts, ends, groups = [], [], [], []
     for f in files:
-        for r in sorted(set(rows)):
-            offset, nbytes = (int(v) for v in f.index[r])
-            if offset != NO_CHUNK and r not in f.cached:
-                paths.append(f.path)
-                starts.append(offset)
-                ends.append(offset + nbytes)
-                keys.append((f, r))
+        want = sorted((int(f.index[r, 0]), int(f.index[r, 1]), r) for r in set(rows)
+                      if int(f.index[r, 0]) != NO_CHUNK and r not in f.cached)
+        for offset, nbytes, r in want:
+            if groups and groups[-1][0] is f and offset - ends[-1] <= MAX_GAP:
+                ends[-1] = max(ends[-1], offset + nbytes)
+                groups[-1][1].append(r)
+                continue
+            paths.append(f.path)
+            starts.append(offset)
+            ends.append(offset + nbytes)
+            groups.append((f, [r]))
     if not paths:
         return
     fs = files[0]._remote
-    for (f, r), data, lo, hi in zip(keys, fs.cat_ranges(paths, starts, ends), starts, ends,
-                                    strict=True):
-        if isinstance(data, bytes) and len(data) == hi - lo:
-            f.cached[r] = memoryview(data)  # anything else: read_chunk reports it
+    for (f, members), data, lo, hi in zip(groups, fs.cat_ranges(paths, starts, ends),
+                                          starts, ends, strict=True):
+        if not isinstance(data, bytes) or len(data) != hi - lo:
+            continue  # read_chunk fetches it again and reports what is wrong
+        buf = memoryview(bytearray(data))  # writable: a Clip owns its fbank memory
+        for r in members:
+            o = int(f.index[r, 0]) - lo
+            f.cached[r] = buf[o:o + int(f.index[r, 1])]
 
 
 def decode_vlen(raw: bytes, n_items: int, where: str) -> list[bytes]:
