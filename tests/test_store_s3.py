@@ -210,29 +210,29 @@ def _build(manifest: Path, out: str, endpoint: str, *extra: str) -> subprocess.C
 
 @pytest.mark.slow
 def test_pipeline_build_resume_and_retry_failed_on_s3(s3_server, tmp_path):  # noqa: F811
+    """Three builds (each ~20-50 s of ffmpeg on a busy 2-core box): a first run with one
+    clip's media missing; after shard 1's index part is deleted (a build that died before
+    committing it) and the media added, one `--retry-failed` run resumes shard 1 and
+    re-processes the failed clip; the store verifies and equals a clean build's."""
     import shutil
 
     media = tmp_path / "media"
     media.mkdir()
     shutil.copy(SAMPLES / "earth.mp4", media / "earth.mp4")
-    names = [("e0", "earth.mp4"), ("late", "later.mp4"), ("e1", "earth.mp4"),
-             ("e2", "earth.mp4")]
+    names = [("e0", "earth.mp4"), ("late", "later.mp4"), ("e1", "earth.mp4")]
     manifest = _manifest(tmp_path / "m.csv", media, names)
     bucket = f"s3://{new_bucket(s3_server)}"
     out = f"{bucket}/store"
     done = _build(manifest, out, s3_server)
     assert done.returncode == 0, done.stderr
-    fs = _s3fs()
-    fs.invalidate_cache()
-    fs.rm(f"{out}/index/000001.parquet")  # as if the build had died before shard 1
-    again = _build(manifest, out, s3_server)  # resume: redoes shard 1 only
-    assert again.returncode == 0, again.stderr
     assert open_store(out).filter(status="not_found")["clip_id"].to_pylist() == ["late"]
+    fs = _s3fs()
+    fs.rm(f"{out}/index/000001.parquet")  # as if the build had died before shard 1
     shutil.copy(SAMPLES / "bigbuckbunny.mp4", media / "later.mp4")
     retry = _build(manifest, out, s3_server, "--retry-failed")
     assert retry.returncode == 0, retry.stderr
     report = verify_store(out, fix=True, grace_seconds=0, progress=False)
-    assert report.ok and report.checked == 4, report.summary()
+    assert report.ok and report.checked == 3 and len(report.removed) == 2, report.summary()
     clean = _build(manifest, f"{bucket}/clean", s3_server)
     assert clean.returncode == 0, clean.stderr
     assert _contents(out) == _contents(f"{bucket}/clean")
