@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from store.backends.fs import is_local
 from store.errors import StoreError
 from store.jpeg import collate
 from store.reader import Store, open_store
@@ -337,13 +338,31 @@ class StreamingDataset(_ClipSource, IterableDataset):
         b = self.batch_size
         start = self.offset
         n_batches = math.ceil((len(order) - start) / b)
-        for j in range(worker, n_batches, workers):
-            lo = start + j * b
-            items = order[lo : lo + b]
-            clips = self.read([int(i) for i in items])
+        mine = [order[start + j * b : start + (j + 1) * b]
+                for j in range(worker, n_batches, workers)]
+        los = [start + j * b for j in range(worker, n_batches, workers)]
+        for lo, items, clips in zip(los, mine, self._read_ahead(mine), strict=True):
             for k, (item, clip) in enumerate(zip(items, clips, strict=True)):
                 g = sample_generator(self.seed, self.epoch, self.rank, lo + k)
                 yield self.make_sample(int(item), clip, g)
+
+    def _read_ahead(self, batches: list[np.ndarray]) -> Iterator[list[Any]]:
+        """The clips of each batch in turn. On object storage the next batch is fetched in
+        a background thread while this one is turned into samples, so a request's round
+        trip overlaps decoding (FORMAT.md "Object storage"); locally it reads in place."""
+        if is_local(self.store.fs) or len(batches) < 2:
+            for items in batches:
+                yield self.read([int(i) for i in items])
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="store-read-ahead") as pool:
+            ahead = pool.submit(self.read, [int(i) for i in batches[0]])
+            for nxt in [*batches[1:], None]:
+                clips = ahead.result()
+                if nxt is not None:
+                    ahead = pool.submit(self.read, [int(i) for i in nxt])
+                yield clips
 
 
 class ResumableLoader:

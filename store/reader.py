@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from store.backends import ShardReader, ShardRow, get_backend
-from store.backends.fs import join, resolve
+from store.backends.fs import forget_listings, is_local, join, resolve
 from store.errors import StoreError, rebuild_hint
 from store.index import check_shard_file, read_index, read_vocabulary
 from store.records import OK, Clip, clip_checksum
@@ -118,6 +118,7 @@ class Store:
     def refresh(self) -> None:
         """Re-read the index (shards committed since opening become visible)."""
         self.close()
+        forget_listings(self.fs)
         self._index = None
         self._reset_caches()
 
@@ -271,6 +272,8 @@ class Store:
         if os.getpid() != self._pid:  # forked: the parent's handles are not ours
             self._handles = OrderedDict()
             self._pid = os.getpid()
+            if not is_local(self.fs):  # nor its s3fs client (event loop thread, sockets)
+                self.fs, self.root = resolve(self.path)
         h = self._handles.get(shard_file)
         if h is not None:
             self._handles.move_to_end(shard_file)

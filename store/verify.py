@@ -17,7 +17,14 @@ from typing import Any
 from tqdm import tqdm
 
 from store.backends import get_backend
-from store.backends.fs import join, remove, resolve
+from store.backends.fs import (
+    abort_upload,
+    join,
+    newest_mtime,
+    pending_uploads,
+    remove,
+    resolve,
+)
 from store.errors import StoreError, rebuild_hint
 from store.index import (
     DATA_NAME_RE,
@@ -49,6 +56,8 @@ class VerifyReport:
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # data files of damaged index parts
     superseded: dict[str, float] = field(default_factory=dict)  # replaced file -> when
+    uploads: list[str] = field(default_factory=list)  # S3: unfinished multipart uploads
+    aborted: list[str] = field(default_factory=list)  # ... of them aborted by fix
 
     @property
     def ok(self) -> bool:
@@ -64,6 +73,8 @@ class VerifyReport:
                                      "the grace period has passed)" if o in self.superseded
                                      else "")
                   for o in self.orphans]
+        lines += [f"  unfinished upload {u}" + (" (aborted)" if u in self.aborted else "")
+                  for u in self.uploads]
         lines += [f"  kept {k} (its index part is damaged; see the PROBLEM above)"
                   for k in self.kept]
         return "\n".join(lines)
@@ -108,6 +119,7 @@ def verify_store(path: str, fix: bool = False, grace_seconds: float = 3600.0,
     superseded = {f: t for table in tables.values() for f, t in superseded_files(table).items()}
     report.superseded = superseded
     _find_orphans(fs, root, named, superseded, damaged, report, fix, grace_seconds)
+    _find_uploads(fs, root, report, fix, grace_seconds)
     return report
 
 
@@ -223,8 +235,20 @@ def _find_orphans(fs: Any, root: str, named: set[str], superseded: dict[str, flo
                 report.problems.append(_damaged_part_advice(int(m.group(1)), rel))
                 continue
             since = superseded.get(rel)
-            age = now - (since if since is not None else _mtime(fs, entry))
+            age = now - (since if since is not None else newest_mtime(fs, entry))
             _orphan(fs, entry, rel, report, fix, age >= grace_seconds)
+
+
+def _find_uploads(fs: Any, root: str, report: VerifyReport, fix: bool, grace_seconds: float
+                  ) -> None:
+    """S3: multipart uploads under shards/ that a killed writer never finished (FORMAT.md
+    "Object storage"); fix aborts those begun more than ``grace_seconds`` ago."""
+    now = time.time()
+    for key, upload_id, began in pending_uploads(fs, root):
+        report.uploads.append(key)
+        if fix and now - began >= grace_seconds:
+            abort_upload(fs, root, key, upload_id)
+            report.aborted.append(key)
 
 
 def _damaged_part_advice(shard_id: int, rel: str) -> str:
@@ -244,10 +268,3 @@ def _orphan(fs: Any, entry: str, rel: str, report: VerifyReport, fix: bool, old:
         remove(fs, entry)
         report.removed.append(rel)
 
-
-def _mtime(fs: Any, path: str) -> float:
-    try:
-        m = fs.modified(path)
-        return m.timestamp()
-    except (NotImplementedError, FileNotFoundError, AttributeError):
-        return 0.0

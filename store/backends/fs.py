@@ -21,7 +21,17 @@ def resolve(path: str | os.PathLike[str]) -> tuple[Any, str]:
     fs, root = fsspec.core.url_to_fs(os.fspath(path))
     if is_local(fs):
         root = os.path.abspath(root)
+    else:
+        forget_listings(fs)
     return fs, root.rstrip("/")
+
+
+def forget_listings(fs: Any) -> None:
+    """Drop the listings an object-store filesystem caches per process (s3fs keeps every
+    listing it made): another process may have committed shards since, and a stale listing
+    would hide their data files (open, verify and Store.refresh() call this)."""
+    if not is_local(fs):
+        fs.invalidate_cache()
 
 
 def is_local(fs: Any) -> bool:
@@ -98,3 +108,46 @@ def size_on_disk(fs: Any, path: str) -> int:
     if fs.isdir(path):
         return int(sum(fs.du(path, total=False).values()))
     return int(fs.size(path))
+
+
+def pending_uploads(fs: Any, root: str) -> list[tuple[str, str, float]]:
+    """S3 only: multipart uploads begun under ``root/shards/`` and never completed or
+    aborted -- what a writer killed inside a large upload leaves (invisible as an object,
+    but S3 keeps and bills the parts). (key relative to the bucket, upload id, unix time
+    it began); [] on other filesystems."""
+    if getattr(fs, "protocol", None) not in ("s3", ("s3", "s3a")) or not hasattr(fs, "call_s3"):
+        return []
+    bucket, _, prefix = root.partition("/")
+    prefix = f"{prefix}/shards/" if prefix else "shards/"
+    out, kwargs = [], {"Bucket": bucket, "Prefix": prefix}
+    while True:
+        page = fs.call_s3("list_multipart_uploads", **kwargs)
+        for u in page.get("Uploads", []):
+            out.append((u["Key"], u["UploadId"], u["Initiated"].timestamp()))
+        if not page.get("IsTruncated"):
+            return out
+        kwargs.update(KeyMarker=page["NextKeyMarker"],
+                      UploadIdMarker=page["NextUploadIdMarker"])
+
+
+def abort_upload(fs: Any, root: str, key: str, upload_id: str) -> None:
+    """Abort one multipart upload (its parts are deleted by S3)."""
+    fs.call_s3("abort_multipart_upload", Bucket=root.partition("/")[0], Key=key,
+               UploadId=upload_id)
+
+
+def newest_mtime(fs: Any, path: str) -> float:
+    """Modification time of a file, or of the newest object under a prefix (an object
+    store's "directory" has none of its own); 0.0 where the filesystem gives none."""
+    try:
+        if not is_local(fs) and fs.isdir(path):
+            times = [_timestamp(fs.modified(p)) for p in fs.find(path)]
+            return max(times, default=0.0)
+        return _timestamp(fs.modified(path))
+    except (NotImplementedError, FileNotFoundError, IsADirectoryError, AttributeError,
+            ValueError):
+        return 0.0
+
+
+def _timestamp(m: Any) -> float:
+    return m.timestamp() if hasattr(m, "timestamp") else float(m)

@@ -28,7 +28,13 @@ import numpy as np
 
 from store.backends import Hook, ShardData, ShardRow, checked_rows
 from store.backends.fs import is_local, write_then_rename
-from store.backends.zarr_direct import BLOSC, ShardFile, decode_vlen, direct_readable
+from store.backends.zarr_direct import (
+    BLOSC,
+    ShardFile,
+    decode_vlen,
+    direct_readable,
+    prefetch_remote,
+)
 from store.errors import StoreError, rebuild_hint
 
 ENGINES = ("auto", "direct", "zarr")
@@ -199,7 +205,9 @@ class ZarrShardReader:
         fbank_f, frames_f = self._file("fbank"), self._file("frames")
         wav_f = self._file("waveform") if self.has_waveform else None
         n_slots = int(self._meta["frames"]["shape"][1])
-        if len(rows) > 1:  # one read per run of adjacent chunks, per array
+        if not is_local(self.fs):  # one round of concurrent range GETs for all chunks
+            prefetch_remote([f for f in (fbank_f, frames_f, wav_f) if f is not None], rows)
+        elif len(rows) > 1:  # one read per run of adjacent chunks, per array
             for f in (fbank_f, frames_f, wav_f):
                 if f is not None:
                     f.prefetch(rows)

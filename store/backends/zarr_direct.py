@@ -61,8 +61,8 @@ class ShardFile:
             if is_local(fs):
                 self._fd = os.open(path, os.O_RDONLY)
                 size = os.fstat(self._fd).st_size
-            else:
-                self._remote = fs.open(path, "rb")
+            else:  # object store: ranged GETs, no file object (s3fs reads ahead 50 MB)
+                self._remote = fs
                 size = fs.size(path)
         except FileNotFoundError as exc:
             raise StoreError(f"shard file {path} is missing; {rebuild_hint(path)}") from exc
@@ -90,8 +90,7 @@ class ShardFile:
                 return out if got == nbytes else out[:got]
             return os.pread(self._fd, nbytes, offset)
         assert self._remote is not None
-        self._remote.seek(offset)
-        data = self._remote.read(nbytes)
+        data = self._remote.cat_file(self.path, start=offset, end=offset + nbytes)
         if out is None:
             return data
         out[: len(data)] = data
@@ -180,9 +179,41 @@ class ShardFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self._remote is not None:
-            self._remote.close()
-            self._remote = None
+        self._remote = None
+
+
+MAX_GAP = 256 * 1024  # object stores: read over gaps up to this rather than add a request
+
+
+def prefetch_remote(files: Sequence[ShardFile], rows: Sequence[int]) -> None:
+    """Object stores: fetch the chunks of ``rows`` in all ``files`` (a clip's fbank, frames
+    and waveform) with one batch of concurrent range GETs (``fs.cat_ranges``; s3fs issues
+    them together), chunks less than MAX_GAP apart merged into one range, so a batch of
+    clips costs about one round trip, not one per chunk."""
+    paths, starts, ends, groups = [], [], [], []
+    for f in files:
+        want = sorted((int(f.index[r, 0]), int(f.index[r, 1]), r) for r in set(rows)
+                      if int(f.index[r, 0]) != NO_CHUNK and r not in f.cached)
+        for offset, nbytes, r in want:
+            if groups and groups[-1][0] is f and offset - ends[-1] <= MAX_GAP:
+                ends[-1] = max(ends[-1], offset + nbytes)
+                groups[-1][1].append(r)
+                continue
+            paths.append(f.path)
+            starts.append(offset)
+            ends.append(offset + nbytes)
+            groups.append((f, [r]))
+    if not paths:
+        return
+    fs = files[0]._remote
+    for (f, members), data, lo, hi in zip(groups, fs.cat_ranges(paths, starts, ends),
+                                          starts, ends, strict=True):
+        if not isinstance(data, bytes) or len(data) != hi - lo:
+            continue  # read_chunk fetches it again and reports what is wrong
+        buf = memoryview(bytearray(data))  # writable: a Clip owns its fbank memory
+        for r in members:
+            o = int(f.index[r, 0]) - lo
+            f.cached[r] = buf[o:o + int(f.index[r, 1])]
 
 
 def decode_vlen(raw: bytes, n_items: int, where: str) -> list[bytes]:
