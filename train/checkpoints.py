@@ -79,11 +79,17 @@ def save_checkpoint(
     state = {k: v.detach().cpu() for k, v in state.items()}
     payload = {"model": state, "meta": {"format_version": FORMAT_VERSION,
                                         **_plain(meta or {}, path)}}
+    return atomic_save(path, payload)
+
+
+def atomic_save(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """``torch.save`` via temp file + fsync + rename: a kill never leaves a half file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
+            torch.save(dict(payload), fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -29,10 +29,8 @@ containers only, so ``torch.load(path, weights_only=True)`` reads it:
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +38,7 @@ from typing import Any
 
 import torch
 
-from train.checkpoints import CheckpointError, encoder_state_dict
+from train.checkpoints import CheckpointError, atomic_save, encoder_state_dict
 from train.trained import resolve_checkpoint
 
 FORMAT_VERSION = 1
@@ -67,23 +65,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{p}: not a training checkpoint of this project "
                               "(expected a dict with 'model' and 'config')")
     return ckpt
-
-
-def write_weights(path: str | Path, payload: dict[str, Any]) -> Path:
-    """``torch.save`` via temp file + fsync + rename (a kill leaves no half file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _payload(model: dict[str, torch.Tensor], ckpt: dict[str, Any], **config_note: Any
@@ -129,7 +110,7 @@ def export_encoder(source: str | Path, out: str | Path) -> dict[str, Any]:
     encoder = encoder_weights(state, ckpt["config"], src)
     dropped = [k for k in state if k not in encoder]
     note = {"encoder_only": True, "source": str(src), "dropped": _groups(dropped)}
-    write_weights(out, _payload(encoder, ckpt, export=note))
+    atomic_save(out, _payload(encoder, ckpt, export=note))
     return {"source": str(src), "out": str(out), "kept": len(encoder), "dropped": len(dropped),
             "kept_params": sum(v.numel() for v in encoder.values()),
             "dropped_groups": note["dropped"]}
@@ -204,7 +185,7 @@ def average_epochs(run: str | Path, epochs: tuple[int, int], out: str | Path
     averaged = mean_state_dicts([c["model"] for c in ckpts], [str(files[e]) for e in wanted])
     note = {"epochs": wanted, "sources": [str(files[e]) for e in wanted],
             "method": "uniform mean (CAV-MAE / AST wa)"}
-    write_weights(out, _payload(averaged, ckpts[-1], average=note))
+    atomic_save(out, _payload(averaged, ckpts[-1], average=note))
     return {"out": str(out), "epochs": wanted, "tensors": len(averaged)}
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from store.backends.fs import fsync_dir
 from train.checkpoints import CheckpointError
 
 FORMAT_VERSION = 1
@@ -44,19 +45,6 @@ _STEP = re.compile(r"^step_(\d{8})\.pt$")
 FAULT_ENV = "MAVIL_TRAIN_FAULT"
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _umask_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -67,7 +55,7 @@ def _replace_into(tmp: Path, path: Path) -> None:
     if not tmp.is_symlink():
         os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; give the usual mode
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(str(path.parent))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
