@@ -12,11 +12,17 @@
 
 from __future__ import annotations
 
-import time
 from urllib.parse import urljoin, urlsplit
 
 from pipeline.deadline import Deadline, SocketWatchdog
-from pipeline.sources import FetchError, Retryable, SourceConfig, copy_bounded, download_deadline
+from pipeline.sources import (
+    FetchError,
+    Retryable,
+    SourceConfig,
+    copy_bounded,
+    download_deadline,
+    with_retries,
+)
 
 MAX_REDIRECTS = 10
 _CHUNK = 1 << 16
@@ -128,13 +134,4 @@ def fetch_http(url: str, dest: str, cfg: SourceConfig) -> str:
     """Download ``url`` to ``dest`` within the download deadline, retrying retryable
     failures with exponential backoff; returns the final URL after redirects."""
     deadline = Deadline(download_deadline(cfg))
-    delay = cfg.backoff
-    for attempt in range(cfg.retries + 1):
-        try:
-            return _get_once(url, dest, cfg, deadline)
-        except Retryable as err:
-            if attempt == cfg.retries or deadline.remaining() <= delay:
-                raise FetchError(err.status, f"{err.reason} (after {attempt + 1} tries)") from err
-            time.sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+    return with_retries(lambda: _get_once(url, dest, cfg, deadline), cfg, deadline)

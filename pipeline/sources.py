@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pipeline.deadline import Deadline
@@ -133,11 +134,14 @@ def _tempfile(cfg: SourceConfig, clip_id: str, suffix: str) -> str:
     return path
 
 
+T = TypeVar("T")
+
+
 class Retryable(FetchError):
     """A failure worth another try (timeouts, 5xx, refused connections)."""
 
 
-def _with_retries(fn: Callable[[], None], cfg: SourceConfig, deadline: Deadline) -> None:
+def with_retries(fn: Callable[[], T], cfg: SourceConfig, deadline: Deadline) -> T:
     """Call ``fn``; retry Retryable failures with exponential backoff within ``deadline``."""
     delay = cfg.backoff
     for attempt in range(cfg.retries + 1):
@@ -191,7 +195,7 @@ def fetch_fsspec(url: str, dest: str, cfg: SourceConfig) -> None:
         except (OSError, ValueError, ImportError) as err:
             raise FetchError("download_error", f"{type(err).__name__}: {err}") from err
 
-    _with_retries(once, cfg, deadline)
+    with_retries(once, cfg, deadline)
 
 
 def uri_scheme(uri: str) -> str | None:
