@@ -15,6 +15,10 @@ Defaults follow MAViL Table 10 and the appendix "Data Preprocessing"; recipes ov
 | video_train    | -                                    | 8 frames, crop 0.2-1, flip    | -        |
 | video_eval     | -                                    | centre window, centre crop    | -        |
 
+``pixels="uint8"`` makes any video view return uint8 pixels for the consumer to normalise on
+its device (``SampleView.to_device``; what the trainer and evaluation use), ``"float"`` (the
+default) normalised float32.
+
 ``norm`` is the audio normalisation preset (store/views/norm.py): ``audiomae`` is
 ``(x + 4.2677393) / (2 * 4.5689974)``, ``cavmae`` is ``(x + 5.081) / 4.4849``. Labels are on by
 default with ``num_classes`` taken from the store's vocabulary when the dataset opens it.
