@@ -46,7 +46,7 @@ from eval.metrics import is_single_label
 from eval.views import inference_setup
 from store.atomic import atomic_write, atomic_write_text
 from store.datasets import ClipDataset, select_clips
-from store.jpeg import collate, finish_video_on_gpu
+from store.jpeg import collate
 from store.reader import Store, open_store
 
 PREDICTIONS = "predictions.parquet"
@@ -208,7 +208,7 @@ def run_inference(opts: RunOptions) -> dict[str, Any]:
     name = config["model"]["name"]
     setup = inference_setup(name, model, opts.clips, audio_norm(config, store),
                             decode="gpu" if device.type == "cuda" else "cpu",
-                            **input_sizes(config))
+                            pixels="uint8", **input_sizes(config))
     table, counts = plan_clips(store, opts.split, setup.modalities, opts.missing)
     clip_ids = table["clip_id"].to_pylist()
     labels = [list(x) for x in table["labels"].to_pylist()]
@@ -235,10 +235,9 @@ def run_inference(opts: RunOptions) -> dict[str, Any]:
                             num_workers=opts.num_workers, collate_fn=collate)
         scores = []
         for batch in loader:
-            if "jpeg" in batch:
-                batch = finish_video_on_gpu(batch, device)
-            audio = batch["audio"].to(device) if "audio" in setup.modalities else None
-            video = batch["video"].to(device) if "video" in setup.modalities else None
+            batch = setup.view.to_device(batch, device)  # GPU decode / uint8 normalisation
+            audio = batch["audio"] if "audio" in setup.modalities else None
+            video = batch["video"] if "video" in setup.modalities else None
             with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
                 probs = score_batch(model, setup.family, audio, video, single)
             scores.append(probs.float().cpu().numpy())

@@ -46,7 +46,7 @@ from eval.checks import EvalError, audio_norm, input_sizes, load_model
 from eval.infer import pick_device
 from store.atomic import atomic_write_text
 from store.datasets import ClipDataset, select_clips
-from store.jpeg import collate, finish_video_on_gpu
+from store.jpeg import collate
 from store.reader import open_store
 from store.views import make_view
 
@@ -149,7 +149,7 @@ def run_retrieval(opts: RetrievalOptions) -> dict[str, Any]:
     view_name = "cavmae_eval" if family == "cav_mae" else "mavil_eval"
     decode = "gpu" if device.type == "cuda" else "cpu"
     video_kw = {} if family == "cav_mae" else {"num_frames": sizes["num_frames"]}
-    view = make_view(view_name, decode=decode, size=sizes["size"], **video_kw,
+    view = make_view(view_name, decode=decode, pixels="uint8", size=sizes["size"], **video_kw,
                      **audio_norm(config, store))
     view = dataclasses.replace(view, audio=dataclasses.replace(
         view.audio, target_frames=sizes["audio_frames"]))
@@ -160,9 +160,8 @@ def run_retrieval(opts: RetrievalOptions) -> dict[str, Any]:
     embs_a, embs_v = [], []
     with torch.no_grad():
         for batch in tqdm(loader, desc="retrieval embeddings", unit="batch"):
-            if "jpeg" in batch:
-                batch = finish_video_on_gpu(batch, device)
-            a, v = embed(model, family, batch["audio"].to(device), batch["video"].to(device))
+            batch = view.to_device(batch, device)  # GPU decode / uint8 normalisation
+            a, v = embed(model, family, batch["audio"], batch["video"])
             embs_a.append(F.normalize(a.float(), dim=-1).cpu())
             embs_v.append(F.normalize(v.float(), dim=-1).cpu())
     a_n, v_n = torch.cat(embs_a).numpy(), torch.cat(embs_v).numpy()

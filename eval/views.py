@@ -77,11 +77,12 @@ def model_modalities(model: Any) -> tuple[str, ...]:
 
 def inference_setup(name: str, model: Any, clips: int, audio: dict[str, Any],
                     decode: str = "cpu", size: int = 224, num_frames: int = 8,
-                    audio_frames: int = 1024) -> InferenceSetup:
+                    audio_frames: int = 1024, pixels: str = "float") -> InferenceSetup:
     """The view for model ``name`` at ``clips`` (1 or 10). ``audio``: ``{"norm": AudioNorm}``
     (``{}``: the view family's default preset); ``size``, ``num_frames``, ``audio_frames``: the
     input sizes the model was trained with (the recipe's data.video_size, data.num_frames,
-    data.audio_frames)."""
+    data.audio_frames); ``pixels="uint8"`` leaves video normalisation to
+    ``setup.view.to_device(batch, device)``."""
     if clips not in (1, 10):
         raise ValueError(f"--clips takes 1 or 10, not {clips}")
     family = FAMILIES[name]
@@ -93,16 +94,17 @@ def inference_setup(name: str, model: Any, clips: int, audio: dict[str, Any],
         views = clips
         if clips == 1:
             view_name = "cavmae_eval"
-            view = make_view(view_name, decode=decode, size=size, **audio)
+            view = make_view(view_name, decode=decode, pixels=pixels, size=size, **audio)
         else:
             view_name = "cavmae_frames10"
             norm = audio.get("norm", PRESETS["cavmae"])
             view = SampleView(audio=AudioView(norm=norm),
-                              video=CAVMAEFramesView(size=size, decode=decode))
+                              video=CAVMAEFramesView(size=size, decode=decode, pixels=pixels))
     else:
         views = clips
         view_name = "mavil_eval10" if clips == 10 else "mavil_eval"
-        view = make_view(view_name, decode=decode, size=size, num_frames=num_frames, **audio)
+        view = make_view(view_name, decode=decode, pixels=pixels, size=size,
+                         num_frames=num_frames, **audio)
     if "audio" not in mods:
         view = dataclasses.replace(view, audio=None)
     elif view.audio is not None and view.audio.target_frames != audio_frames:

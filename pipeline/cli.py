@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 = one worker)")
     p.add_argument("--decode", choices=("cpu", "gpu"), default="cpu",
                    help="gpu: time the loader side of the nvJPEG path (bytes + crop plan)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader workers for the loader-level figure (0: skip it)")
+    p.add_argument("--batch-size", type=int, default=4, help="DataLoader batch size")
     p.set_defaults(func=cmd_bench_loader)
 
     try:
@@ -280,7 +283,8 @@ def cmd_bench_loader(args: argparse.Namespace) -> int:
     from store.bench import run_bench
 
     run_bench(args.store, args.media, max(1, args.samples), max(1, args.rounds),
-              max(1, args.threads), decode=args.decode)
+              max(1, args.threads), decode=args.decode, workers=max(0, args.workers),
+              batch_size=max(1, args.batch_size))
     return 0
 
 

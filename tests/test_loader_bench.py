@@ -13,11 +13,16 @@ from store.bench import main, run_bench
 
 def test_bench_runs_on_a_given_store(zarr_store: str, media_dir: Path) -> None:  # noqa: F811
     lines: list[str] = []
-    res = run_bench(zarr_store, media_dir, samples=3, rounds=1, log=lines.append)
-    for key in ("store_samples_per_s", "baseline_samples_per_s", "store_cpu_ms", "baseline_cpu_ms"):
-        assert res[key] > 0
+    res = run_bench(zarr_store, media_dir, samples=3, rounds=1, log=lines.append, workers=2,
+                    batch_size=2)
+    for side in ("store", "store_float", "baseline"):
+        assert res[f"{side}_samples_per_s"] > 0 and res[f"{side}_cpu_ms"] > 0
     assert abs(res["ratio"] - res["store_samples_per_s"] / res["baseline_samples_per_s"]) < 1e-9
-    assert any("ratio" in line for line in lines)
+    assert res["loader_samples_per_s"] > 0 and res["loader_workers"] == 2
+    want = res["loader_samples_per_s"] / (2 * res["store_samples_per_s"])
+    assert abs(res["loader_efficiency"] - want) < 1e-9
+    assert any(line.strip().startswith("ratio") for line in lines)
+    assert any(line.strip().startswith("loader") for line in lines)
 
 
 def test_bench_cli_help(capsys) -> None:
@@ -25,4 +30,4 @@ def test_bench_cli_help(capsys) -> None:
         main(["--help"])
     except SystemExit as exc:
         assert exc.code == 0
-    assert "--store" in capsys.readouterr().out
+    assert "--workers" in capsys.readouterr().out

@@ -98,6 +98,7 @@ class BareLoop:
         self.amp = _precision(cfg, device)
         self.loss_fn = _loss_fn(cfg, bool(getattr(loader.dataset.view, "mixup", None)))[0]
         self.inputs, self.device = list(cfg.model.inputs), device
+        self.view = loader.dataset.view
         self.finetune = cfg.stage == "finetune"
         self.batches: list[dict[str, Any]] = []  # the trainer's loader's batches, on the CPU
         epoch = 0
@@ -115,7 +116,8 @@ class BareLoop:
         self.cursor = 0
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        x = [batch[k].to(self.device, non_blocking=True) for k in self.inputs]
+        batch = self.view.to_device(batch, self.device)  # as the loop does (uint8 video)
+        x = [batch[k] for k in self.inputs]
         with torch.autocast(self.device.type, self.amp or torch.float32,
                             enabled=self.amp is not None):
             if self.finetune:  # classifiers take audio= / video=, as in the loop

@@ -14,6 +14,10 @@ epoch and position, never of the global RNG or the worker count):
 * ``data.loader=stream``: :class:`store.datasets.StreamingDataset` (shard-local reads for
   remote stores) behind :class:`~store.datasets.ResumableLoader`.
 
+Video leaves the workers as uint8 pixels unless the view mixes video (mixup): the loop turns
+each batch into model inputs with ``loader.dataset.view.to_device(batch, device)``, which
+ImageNet-normalises on the device - the same float32 values as normalising in the worker.
+
 An epoch is ``steps_per_epoch`` optimizer steps of ``batch_size x world x accum`` samples;
 a tail too short for a whole optimizer step is dropped (drop_last).
 """
@@ -89,6 +93,10 @@ def build_view(cfg: Any, store: Store, num_classes: int | None, train: bool = Tr
     if view.audio is not None and view.audio.target_frames != d.audio_frames:
         view = dataclasses.replace(
             view, audio=dataclasses.replace(view.audio, target_frames=d.audio_frames))
+    if view.video is not None and not (view.mixup is not None and view.mixup.mix_video):
+        # uint8 pixels out of the workers (4x fewer bytes); the loop normalises them on its
+        # device with view.to_device (mixup mixes normalised pixels, so it keeps float)
+        view = dataclasses.replace(view, video=dataclasses.replace(view.video, pixels="uint8"))
     return view
 
 

@@ -123,7 +123,8 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
     if cfg.stage == "finetune":
         cfg.model.inputs = MODE_INPUTS[cfg.finetune.mode]
     loader = build_loader(cfg, store, d.rank, d.world_size, num_classes)
-    audio_view = loader.dataset.view.audio
+    view = loader.dataset.view
+    audio_view = view.audio
     cfg.data.norm_values = audio_view.norm.to_dict() if audio_view is not None else {}
     accum = accumulation(cfg.optim.batch_size, cfg.data.batch_size, d.world_size)
     spe = steps_per_epoch(loader, cfg.data.batch_size, accum)
@@ -222,9 +223,10 @@ def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any
             data_s = 0.0
             for micro in range(accum):
                 t_wait = time.perf_counter()
-                batch = next(batches)
+                # model inputs on the device; uint8 video is normalised there (once)
+                batch = view.to_device(next(batches), d.device)
                 data_s += time.perf_counter() - t_wait
-                inputs = [batch[k].to(d.device, non_blocking=True) for k in cfg.model.inputs]
+                inputs = [batch[k] for k in cfg.model.inputs]
                 sync = micro == accum - 1 or not d.enabled
                 with (contextlib.nullcontext() if sync else train_model.no_sync()), \
                         torch.autocast(d.device.type, amp_dtype or torch.float32,

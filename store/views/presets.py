@@ -15,6 +15,10 @@ Defaults follow MAViL Table 10 and the appendix "Data Preprocessing"; recipes ov
 | video_train    | -                                    | 8 frames, crop 0.2-1, flip    | -        |
 | video_eval     | -                                    | centre window, centre crop    | -        |
 
+``pixels="uint8"`` makes any video view return uint8 pixels for the consumer to normalise on
+its device (``SampleView.to_device``; what the trainer and evaluation use), ``"float"`` (the
+default) normalised float32.
+
 ``norm`` is the audio normalisation preset (store/views/norm.py): ``audiomae`` is
 ``(x + 4.2677393) / (2 * 4.5689974)``, ``cavmae`` is ``(x + 5.081) / 4.4849``. Labels are on by
 default with ``num_classes`` taken from the store's vocabulary when the dataset opens it.
@@ -59,6 +63,7 @@ def make_view(
     labels: bool = True,
     multi_label: bool = True,
     decode: str = "cpu",
+    pixels: str = "float",
     time_mask: int | None = None,
     freq_mask: int | None = None,
     noise_snr_db: float | None = None,
@@ -73,8 +78,9 @@ def make_view(
     AudioNorm; default: :func:`default_norm` of the view family. ``num_classes``: label
     count (default: the store's vocabulary size, filled in by the dataset); ``labels=False``
     leaves labels out. ``mixup``: rate (Table 10: 0.5 for AS/VGGSound FT); ``time_mask`` /
-    ``freq_mask``: SpecAugment; ``decode``: "cpu" or "gpu" (see store.jpeg); ``video_kw`` go
-    to the video view (e.g. size, scale)."""
+    ``freq_mask``: SpecAugment; ``decode``: "cpu" or "gpu" (see store.jpeg); ``pixels``:
+    "float" (video normalised in the loader) or "uint8" (normalised on the device by
+    ``SampleView.to_device``); ``video_kw`` go to the video view (e.g. size, scale)."""
     if name not in VIEW_NAMES:
         raise ValueError(f"unknown view {name!r}; choose one of {', '.join(VIEW_NAMES)}")
     family_scale = 1.0 if name.startswith("cavmae") else 2.0  # scale of the "store" preset
@@ -101,11 +107,11 @@ def make_view(
     )
     video: Any = None
     if name.startswith("mavil_eval10"):
-        video = MultiClipView(decode=decode, **video_kw)
+        video = MultiClipView(decode=decode, pixels=pixels, **video_kw)
     elif name.startswith(("mavil", "video")):
-        video = ClipView(decode=decode, train=train, **video_kw)
+        video = ClipView(decode=decode, pixels=pixels, train=train, **video_kw)
     elif name.startswith("cavmae"):
-        video = FrameView(decode=decode, train=train, **video_kw)
+        video = FrameView(decode=decode, pixels=pixels, train=train, **video_kw)
     label_view = LabelView(num_classes, multi_label) if labels else None
     mix = Mixup(prob=mixup) if mixup else None
     if mix is not None and label_view is None:

@@ -1,10 +1,15 @@
-"""Frames -> model pixels: crop a box, resize, flip, ImageNet-normalise (CPU or GPU tensors).
+"""Frames -> model pixels: crop a box, resize, flip (uint8), then ImageNet-normalise (float32).
 
 The one place both decode paths (CPU libjpeg-turbo, GPU nvJPEG) finish a video view, so the
-two paths give the same pixels for the same plan.
+two paths give the same pixels for the same plan. The two halves are separate so a loader
+worker can stop at uint8 (:func:`crop_resize`, 4x fewer bytes to ship between processes) and
+the trainer normalises on its device (:func:`normalize_pixels`); ``render_frames`` is both.
+Resizing happens on uint8 either way, so both routes give the same float32 pixels.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torchvision.transforms.v2.functional as TF
@@ -15,22 +20,49 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def crop_resize(
+    frames: torch.Tensor | Sequence[torch.Tensor], box: Box, size: int = 224, flip: bool = False
+) -> torch.Tensor:
+    """uint8 frames ([T, 3, H, W] or a list of [3, H, W]) -> uint8 [T, 3, size, size]: crop
+    ``box``, bilinear resize (antialiased, as torchvision's RandomResizedCrop on tensors),
+    optional horizontal flip. The same box and flip apply to every frame of the clip.
+
+    A list (what the JPEG decoders return) is cropped before it is stacked, so only the box's
+    pixels are copied; libjpeg-turbo's [3, H, W] outputs are channels-last views, and stacking
+    their boxes channels-last feeds the resize without another layout change."""
+    top, left, h, w = box
+    if isinstance(frames, torch.Tensor):
+        crop = frames[..., top : top + h, left : left + w]
+    else:
+        crop = torch.stack([f.permute(1, 2, 0)[top : top + h, left : left + w] for f in frames])
+        crop = crop.permute(0, 3, 1, 2)  # [T, 3, h, w], channels-last in memory
+    out = TF.resize(crop, [size, size], antialias=True)
+    if flip:
+        out = out.flip(-1)
+    return out.contiguous()
+
+
+def normalize_pixels(
+    video: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float32 (x / 255 - mean) / std, on the tensor's device."""
+    # as one multiply-add: x * (1 / (255 std)) + (-mean / std)
+    shape = (3, 1, 1)
+    scale = torch.tensor([1.0 / (255.0 * v) for v in std], device=video.device).view(shape)
+    bias = torch.tensor([-m / v for m, v in zip(mean, std, strict=True)], device=video.device)
+    return torch.addcmul(bias.view(shape), video.to(torch.float32), scale)
+
+
 def render_frames(
-    frames: torch.Tensor,
+    frames: torch.Tensor | Sequence[torch.Tensor],
     box: Box,
     size: int = 224,
     flip: bool = False,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """uint8 [T, 3, H, W] -> float32 [T, 3, size, size]: crop ``box``, bilinear resize
-    (antialiased, as torchvision's RandomResizedCrop on tensors), optional horizontal flip,
-    then (x / 255 - mean) / std. The same box and flip apply to every frame of the clip."""
-    top, left, h, w = box
-    out = TF.resized_crop(frames, top, left, h, w, [size, size], antialias=True)
-    if flip:
-        out = out.flip(-1)
-    # (x / 255 - mean) / std as one multiply-add: x * (1 / (255 std)) + (-mean / std)
-    scale = torch.tensor([1.0 / (255.0 * v) for v in std], device=out.device).view(1, 3, 1, 1)
-    bias = torch.tensor([-m / v for m, v in zip(mean, std, strict=True)], device=out.device)
-    return torch.addcmul(bias.view(1, 3, 1, 1), out.to(torch.float32), scale)
+    """uint8 frames -> float32 [T, 3, size, size]: :func:`crop_resize`, then
+    :func:`normalize_pixels`."""
+    return normalize_pixels(crop_resize(frames, box, size, flip), mean, std)

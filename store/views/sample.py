@@ -1,13 +1,17 @@
 """A sample view: one stored clip (optionally mixed with a partner) -> the model's dict.
 
 Output keys (CONTRACT "Data layout"): "audio" float32 [1, 1024, 128], "video" (shape set by
-the video view) or, with GPU decode, "jpeg" + "video_plan"; "label"; "clip_id"; "has_audio"
+the video view; float32, or uint8 with ``pixels="uint8"``) or, with GPU decode, "jpeg" +
+"video_plan"; "label"; "clip_id"; "has_audio"
 / "has_video" (bool); "mix_lambda" (1.0 when not mixed). The dataset adds "index".
 
 Missing-modality policy: a clip with has_audio False gives an all-zero audio input (the
 dataset mean after normalisation) and a clip with has_video False all-zero video (the
 ImageNet mean after normalisation); the flags let a model or loss skip them, and the
 datasets can drop such clips up front (``require=("audio", "video")``).
+
+A consumer turns a collated batch into model inputs with :meth:`SampleView.to_device`, which
+finishes whatever the view left to the device (GPU JPEG decode, uint8 normalisation).
 """
 
 from __future__ import annotations
@@ -29,6 +33,36 @@ class SampleView:
     video: VideoViewBase | None = None
     labels: LabelView | None = None
     mixup: Mixup | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mixup is not None and self.mixup.mix_video and self.video is not None
+                and self.video.decode == "cpu" and self.video.pixels == "uint8"):
+            raise ValueError("mixup mixes normalised video pixels, which uint8 cannot hold: "
+                             "use pixels='float' with video mixup")
+
+    def to_device(self, batch: dict[str, Any], device: str | torch.device) -> dict[str, Any]:
+        """A collated batch of this view's samples as model inputs on ``device``: "audio"
+        and "video" moved there (non-blocking, so pinned batches copy asynchronously), GPU
+        decode finished (store.jpeg.finish_video_on_gpu), uint8 video normalised there -
+        once, by dtype: float video is already normalised - and clips without video set to
+        0.0 as the float path gives them. Call it exactly once per batch."""
+        if "jpeg" in batch:
+            from store.jpeg import finish_video_on_gpu  # lazy: store.jpeg is the GPU path
+
+            batch = finish_video_on_gpu(batch, device)
+        out = dict(batch)
+        if isinstance(out.get("audio"), torch.Tensor):
+            out["audio"] = out["audio"].to(device, non_blocking=True)
+        video = out.get("video")
+        if isinstance(video, torch.Tensor):
+            video = video.to(device, non_blocking=True)
+            if video.dtype == torch.uint8 and self.video is not None:
+                video = self.video.normalize(video)
+                has = out.get("has_video")
+                if isinstance(has, torch.Tensor) and not bool(has.all()):
+                    video[~has.to(device)] = 0.0  # the float path's zeros for missing video
+            out["video"] = video
+        return out
 
     def for_store(self, num_classes: int, stats: dict | None,
                   target_frames: int | None = None) -> SampleView:

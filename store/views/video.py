@@ -12,6 +12,12 @@
 Each view first makes a *plan* (which stored frames, which box, flip) from the clip's frame
 count and size alone; the CPU path then decodes just those frames, the GPU path ships the
 JPEG bytes and the plan to :func:`store.jpeg.finish_video_on_gpu`.
+
+``pixels`` says what the CPU path returns: "float" (default) the ImageNet-normalised float32
+model input; "uint8" the cropped, resized, flipped pixels, left for the consumer to
+normalise on its device with :meth:`VideoViewBase.normalize` (what
+:meth:`store.views.sample.SampleView.to_device` does for a batch) - the same float32 values,
+4x fewer bytes from the loader workers to the trainer.
 """
 
 from __future__ import annotations
@@ -23,9 +29,10 @@ import torch
 
 from store.jpeg import decode_cpu, jpeg_tensor
 from store.views.crop import CROP_RATIO, CROP_SCALE, Box, center_square_box, random_resized_crop_box
-from store.views.render import render_frames
+from store.views.render import IMAGENET_MEAN, IMAGENET_STD, crop_resize, normalize_pixels
 
 CLIP_FRAMES = 8  # 4 s at 2 fps
+PIXELS = ("float", "uint8")
 EVAL_CLIPS = 10
 
 
@@ -66,6 +73,20 @@ def _plan(indices: torch.Tensor, box: Box, flip: bool) -> Plan:
 class VideoViewBase:
     size: int = 224
     decode: str = "cpu"  # "cpu": render here; "gpu": return JPEG bytes + plan
+    pixels: str = "float"  # cpu decode: "float" normalised here, "uint8" on the device later
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.pixels not in PIXELS:
+            raise ValueError(f"pixels must be one of {PIXELS}, not {self.pixels!r}")
+
+    def normalize(self, video: torch.Tensor) -> torch.Tensor:
+        """Model input from this view's video output: uint8 pixels are ImageNet-normalised
+        (on their device); float video already is, and passes through unchanged."""
+        if video.dtype != torch.uint8:
+            return video
+        return normalize_pixels(video, self.mean, self.std)
 
     def plan(self, n_frames: int, height: int, width: int, g: torch.Generator) -> Plan:
         raise NotImplementedError
@@ -76,15 +97,18 @@ class VideoViewBase:
     def __call__(self, clip: Any, g: torch.Generator) -> dict:
         """``clip`` has ``frames`` (list of JPEG bytes), ``height``, ``width``, ``has_video``.
 
-        Returns {"video": float32 tensor} (cpu) or {"jpeg": [...], "video_plan": {...}} (gpu).
-        A clip without video gives zeros (cpu) or an empty JPEG list (gpu).
+        Returns {"video": float32 or uint8 tensor} (cpu, see ``pixels``) or {"jpeg": [...],
+        "video_plan": {...}} (gpu). A clip without video gives zeros (cpu; with uint8 pixels
+        SampleView.to_device zeroes the normalised video of has_video False clips, so the
+        model input is the same) or an empty JPEG list (gpu).
         """
         if not clip.has_video or not clip.frames:
             if self.decode == "gpu":
                 order = torch.zeros(self.out_shape()[:-3], dtype=torch.long)
                 plan = {"order": order, "box": (0, 0, 1, 1), "flip": False, "size": self.size}
                 return {"jpeg": [], "video_plan": plan}
-            return {"video": torch.zeros(self.out_shape(), dtype=torch.float32)}
+            dtype = torch.uint8 if self.pixels == "uint8" else torch.float32
+            return {"video": torch.zeros(self.out_shape(), dtype=dtype)}
         p = self.plan(len(clip.frames), clip.height, clip.width, g)
         if self.decode == "gpu":
             jpegs = [jpeg_tensor(clip.frames[i]) for i in p.frames]
@@ -92,8 +116,10 @@ class VideoViewBase:
             return {"jpeg": jpegs, "video_plan": plan}
         if self.decode != "cpu":
             raise ValueError(f"decode must be 'cpu' or 'gpu', not {self.decode!r}")
-        frames = torch.stack(decode_cpu([clip.frames[i] for i in p.frames]))
-        rendered = render_frames(frames, p.box, self.size, p.flip)
+        frames = decode_cpu([clip.frames[i] for i in p.frames])  # only the frames needed
+        rendered = crop_resize(frames, p.box, self.size, p.flip)
+        if self.pixels == "float":
+            rendered = normalize_pixels(rendered, self.mean, self.std)
         if p.order.dim() == 1 and torch.equal(p.order, torch.arange(len(p.frames))):
             return {"video": rendered}  # every frame once, in order: no gather needed
         return {"video": rendered[p.order].contiguous()}
