@@ -362,14 +362,15 @@ def start_engine_early(argv: Sequence[str]) -> None:
     from pipeline.engines import choose_engine as choose
     from pipeline.engines import start_local_engine
 
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--engine", default="auto", choices=ENGINES)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    pre.add_argument("--engine", default="auto")
     pre.add_argument("--address")
     try:
         known, _ = pre.parse_known_args(argv[1:])
-    except SystemExit:  # a bad --engine: the full parser says so
+    except (argparse.ArgumentError, SystemExit):  # --engine without a value: the full
+        # parser says so
         return
-    if choose(known.engine, known.address)[0] == "local":
+    if known.engine in ENGINES and choose(known.engine, known.address)[0] == "local":
         start_local_engine()
 
 
