@@ -232,19 +232,6 @@ def _finish(builder: ManifestBuilder, vocabulary: pa.Table, args: argparse.Names
 YOUTUBE_BUILDS = ("build-audioset", "build-vggsound")  # manifests of YouTube ids
 
 
-def choose_engine(args: argparse.Namespace) -> None:
-    """``--engine auto`` -> the engine to run (pipeline/engines.py ``choose_engine``), said
-    in one line on stderr; the local engine's forkserver starts now, so that its imports
-    (torch) overlap the manifest reading and the store's creation."""
-    from pipeline.engines import choose_engine as choose
-    from pipeline.engines import start_local_engine
-
-    args.engine, why = choose(args.engine, args.address)
-    print(f"engine           {args.engine}: {why}", file=sys.stderr)
-    if args.engine == "local":
-        start_local_engine()
-
-
 def cmd_build_esc50(args: argparse.Namespace) -> int:
     from pipeline import esc50
     from pipeline.manifest import ManifestBuilder
@@ -383,8 +370,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     skip_pyarrow_pandas_probe()  # 1-4 s that no command here needs
     args = absolute_paths(build_parser().parse_args(argv))
     try:
-        if getattr(args, "engine", None) is not None:  # builds and stats
-            choose_engine(args)
         return int(args.func(args) or 0)
     except (OSError, ValueError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)

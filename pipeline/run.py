@@ -170,8 +170,6 @@ def build(specs: list[ClipSpec], rejects: list[Reject], vocabulary: pa.Table,
     """Run the whole build; returns (and writes) the run report."""
     t0 = time.time()
     engine, why = choose_engine(opts.engine, opts.address)
-    if engine != opts.engine and opts.progress:
-        print(f"engine           {engine}: {why}", file=sys.stderr)
     opts = dataclasses.replace(opts, engine=engine, shard_size=shard_size_for(opts, len(specs)))
     fs, root = resolve(opts.out)
     if not fs.exists(f"{root}/store.json"):  # claim first: a refused build writes nothing
@@ -179,6 +177,8 @@ def build(specs: list[ClipSpec], rejects: list[Reject], vocabulary: pa.Table,
                     _describe(specs))
     writer = open_or_create(opts, vocabulary, vocab_name)
     jobs, skipped = plan_jobs(writer, specs, opts)
+    if jobs:  # said once the build is accepted (a refused one prints only its error)
+        print(f"engine           {engine}: {why}", file=sys.stderr)
     statuses: Counter = Counter()
     nbytes, done_clips, shard_errors = 0, 0, []
     spans: list[tuple[float, float]] = []  # (start, end) of each shard task's own work
