@@ -57,7 +57,9 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="existing Ray (ray://, auto, HOST:PORT) or Dask "
                    "(tcp://) cluster")
     p.add_argument("--format", choices=["zarr", "hdf5"], default="zarr")
-    p.add_argument("--shard-size", type=int, default=None, help="clips per shard (1000)")
+    p.add_argument("--shard-size", type=int, default=None, help="clips per shard, fixed when "
+                   "the store is created (default 1000, fewer for a small manifest: >= 4 "
+                   "shards per worker)")
     p.add_argument("--limit", type=int, default=None, help="first N accepted clips only")
     p.add_argument("--retry-failed", action="store_true",
                    help="re-process only failed clips of committed shards")

@@ -197,8 +197,9 @@ def build(specs: list[ClipSpec], rejects: list[Reject], vocabulary: pa.Table,
                 result = {"statuses": Counter(index["status"].to_pylist()), "bytes": 0}
             else:
                 result = failure_shard(job, reason[:500])
-        end = time.time()
-        spans.append((end - float(result.get("wall_s", 0.0)), end))
+        if result.get("wall_s"):  # a task that ran (not a committed failure)
+            end = time.time()
+            spans.append((end - float(result["wall_s"]), end))
         statuses.update(result["statuses"])
         nbytes += result["bytes"]
         done_clips += len(job.clips)
