@@ -44,6 +44,7 @@ from eval.checks import (
 from eval.forward import score_batch
 from eval.metrics import is_single_label
 from eval.views import inference_setup
+from store.atomic import atomic_write, atomic_write_text
 from store.datasets import ClipDataset, select_clips
 from store.jpeg import collate, finish_video_on_gpu
 from store.reader import Store, open_store
@@ -76,20 +77,7 @@ class RunOptions:
 
 
 def atomic_write_table(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: pq.write_table(table, fh))
 
 
 def predictions_table(clip_ids: list[str], labels: list[list[int]], scores: np.ndarray,
@@ -190,7 +178,7 @@ def prepare_parts(out: Path, plan: dict[str, Any], fresh: bool, rank: int) -> Pa
             (out / PREDICTIONS).unlink(missing_ok=True)
         for f in parts.glob(".part-*.tmp-*"):  # debris of a killed write
             f.unlink()
-        atomic_write_text(json.dumps(plan, indent=2, sort_keys=True), plan_file)
+        atomic_write_text(plan_file, json.dumps(plan, indent=2, sort_keys=True))
     barrier()
     return parts
 
@@ -271,8 +259,8 @@ def run_inference(opts: RunOptions) -> dict[str, Any]:
     if rank == 0:
         tables = [pq.read_table(parts_dir / f"part-{k:05d}.parquet") for k in range(n_parts)]
         atomic_write_table(pa.concat_tables(tables).cast(SCHEMA), out / PREDICTIONS)
-        atomic_write_text(json.dumps({**summary, "options": asdict(opts)}, indent=2),
-                          out / "run.json")
+        atomic_write_text(out / "run.json",
+                          json.dumps({**summary, "options": asdict(opts)}, indent=2))
     barrier()
     return summary
 

@@ -20,9 +20,10 @@ import numpy as np
 
 from eval import plots
 from eval.checks import EvalError
-from eval.infer import atomic_write_text, read_predictions
+from eval.infer import read_predictions
 from eval.metrics import multi_hot
 from eval.papers import CLIPS_1_VS_10, modality_label, published_for, setting_of
+from store.atomic import atomic_write_text
 from store.reader import open_store
 
 HEADLINE = (("mAP", "mAP (official: mean over all classes)"),
@@ -41,8 +42,8 @@ def _pct(v: Any, scale: float = 100.0) -> str:
 
 def write_html(md_text: str, path: Path, title: str) -> None:
     body = markdown.markdown(md_text, extensions=["tables"])
-    atomic_write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}"
-                      f"</title><style>{CSS}</style></head><body>{body}</body></html>\n", path)
+    atomic_write_text(path, f"<!doctype html><html><head><meta charset='utf-8'><title>{title}"
+                      f"</title><style>{CSS}</style></head><body>{body}</body></html>\n")
 
 
 def train_counts(store: Any, num_classes: int, eval_split: str) -> tuple[np.ndarray, str]:
@@ -116,7 +117,7 @@ def write_run_report(out: Path, store: str) -> Path:
     lines += ["Every number can be recomputed from `predictions.parquet` (clip_id, labels, "
               "scores, num_clips) with scikit-learn; `metrics.json` holds them all.", ""]
     text = "\n".join(lines)
-    atomic_write_text(text, out / "report.md")
+    atomic_write_text(out / "report.md", text)
     write_html(text, out / "report.html", f"evaluation {m['model']}")
     return out / "report.md"
 
@@ -169,6 +170,6 @@ def write_compare_report(dirs: list[Path], out: Path) -> Path:
         lines += [f"### {title}", "", f"![{title}](plots/{path.name})", ""]
     text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(text, out / "report.md")
+    atomic_write_text(out / "report.md", text)
     write_html(text, out / "report.html", "evaluation comparison")
     return out / "report.md"

@@ -43,7 +43,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from eval.checks import EvalError, audio_norm, input_sizes, load_model
-from eval.infer import atomic_write_text, pick_device
+from eval.infer import pick_device
+from store.atomic import atomic_write_text
 from store.datasets import ClipDataset, select_clips
 from store.jpeg import collate, finish_video_on_gpu
 from store.reader import open_store
@@ -176,7 +177,7 @@ def run_retrieval(opts: RetrievalOptions) -> dict[str, Any]:
         res["v2a"] = retrieval_metrics(sim.T)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text("\n".join(ids[r] for r in rows) + "\n", out / "retrieval_ids.txt")
+    atomic_write_text(out / "retrieval_ids.txt", "\n".join(ids[r] for r in rows) + "\n")
     np.savez(out / "embeddings.npz", audio=a_n, video=v_n)
-    atomic_write_text(json.dumps(res, indent=2) + "\n", out / "retrieval.json")
+    atomic_write_text(out / "retrieval.json", json.dumps(res, indent=2) + "\n")
     return res

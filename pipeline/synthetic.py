@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.ffmpeg_bin import ffmpeg_exe
+from store.atomic import atomic_write_text
 
 SCENES = ("red", "bars", "checker", "fractal", "plain")
 SOUNDS = ("tone_low", "tone_high", "chirp", "noise", "quiet")
@@ -255,12 +256,6 @@ def label_prior(plans: list[ClipPlan]) -> dict:
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _render_clip(p: ClipPlan, media: Path, ffmpeg: str) -> bool:
     """Write media/<id>.mp4 via a hidden part file (a kill leaves no half clip visible).
     False when the clip is already there (a resumed run)."""
@@ -338,7 +333,7 @@ def make_synthetic(out: str | Path, clips: int = 160, seed: int = 0,
     meta = {"parameters": params | {"ffmpeg_version": version}, "label_prior": prior,
             "classes": list(CLASSES), "clips": [asdict(p) | {"labels": p.labels}
                                                 for p in plans]}
-    _atomic_write(meta_path, json.dumps(meta, indent=1))
+    atomic_write_text(meta_path, json.dumps(meta, indent=1))
 
     t0 = time.perf_counter()
     from tqdm import tqdm
@@ -349,9 +344,9 @@ def make_synthetic(out: str | Path, clips: int = 160, seed: int = 0,
                         disable=not progress))
     seconds = time.perf_counter() - t0
 
-    _atomic_write(out / "labels.csv", "index,mid,display_name\n" + "".join(
+    atomic_write_text(out / "labels.csv", "index,mid,display_name\n" + "".join(
         f"{i},{c},{c}\n" for i, c in enumerate(CLASSES)))
-    _atomic_write(out / "README.md", _readme(params | {"ffmpeg_version": version}, prior,
+    atomic_write_text(out / "README.md", _readme(params | {"ffmpeg_version": version}, prior,
                                              seconds))
     part = out / ".manifest.csv.part"
     with open(part, "w", newline="") as f:

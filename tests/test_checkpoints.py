@@ -10,7 +10,6 @@ import torch
 from train.checkpoints import (
     CheckpointError,
     encoder_state_dict,
-    export_encoder,
     load_checkpoint,
     load_into,
     read_public_state_dict,
@@ -85,14 +84,14 @@ def test_load_into_wrong_model_names_file_and_key(tmp_path):
         load_into(build_cav_mae("tiny", modality_depth=2), path)
 
 
-def test_export_encoder_feeds_finetuning(tmp_path):
+def test_encoder_weights_feed_finetuning(tmp_path):
     pre = build_cav_mae("tiny")
     enc = encoder_state_dict(pre)
     assert enc and not any(k.startswith(("decoder", "mask_token")) for k in enc)
     assert "blocks_u.0.norm1_v.weight" in enc and "modality_a" in enc
-    path = export_encoder(pre, tmp_path / "encoder.pt", {"epochs": 1})
+    path = save_checkpoint(tmp_path / "encoder.pt", enc, {"encoder_only": True})
     state, meta = load_checkpoint(path)
-    assert meta["encoder_only"] and meta["model_class"] == "CAVMAE"
+    assert meta["encoder_only"]
     assert set(state) == set(enc)
     ft = build_cav_mae_ft("tiny", num_classes=5)
     info = load_into(ft, path, strict=False)

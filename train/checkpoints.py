@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from store.atomic import atomic_write
 
 FORMAT_VERSION = 1
 LAYOUTS = ("image_mae", "audio_mae", "cav_mae")
@@ -83,20 +84,8 @@ def save_checkpoint(
 
 
 def atomic_save(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """``torch.save`` via temp file + fsync + rename: a kill never leaves a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(dict(payload), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``torch.save`` whole or not at all (``store.atomic``): a kill never leaves a half file."""
+    return atomic_write(path, lambda fh: torch.save(dict(payload), fh))
 
 
 def _torch_load(path: Path) -> Any:
@@ -172,13 +161,6 @@ def encoder_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
                    for part in key.split("."))
 
     return {k: v for k, v in state.items() if not is_decoder(k)}
-
-
-def export_encoder(model: nn.Module, path: str | os.PathLike,
-                   meta: Mapping[str, Any] | None = None) -> Path:
-    """Save only the encoder weights (plus meta) for fine-tuning or feature extraction."""
-    info = {"model_class": type(model).__name__, "encoder_only": True, **(meta or {})}
-    return save_checkpoint(path, encoder_state_dict(model), info)
 
 
 # --------------------------------------------------------------------------- public files

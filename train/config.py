@@ -239,6 +239,6 @@ def from_plain(data: dict[str, Any]) -> DictConfig:
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:
     """``config.yaml`` written atomically."""
-    from train.resume import atomic_write_bytes
+    from store.atomic import atomic_write_bytes
 
     atomic_write_bytes(Path(path), OmegaConf.to_yaml(cfg, resolve=True).encode())

@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +51,8 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
+
+from store.atomic import atomic_write_text
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -78,19 +78,8 @@ def loss_terms(out: Mapping[str, Any]) -> dict[str, torch.Tensor | float]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON via temp file + fsync + rename: a reader sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON whole or not at all: a reader sees the old file or the new one."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -117,12 +106,7 @@ def truncate_metrics(path: Path, start_step: int) -> list[dict[str, Any]]:
     kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= start_step]
     lines = "".join(json.dumps(r) + "\n" for r in kept)
     if lines != path.read_text():
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write_text(path, lines)
     return kept
 
 

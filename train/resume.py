@@ -25,13 +25,13 @@ import pickle
 import random
 import re
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from store.atomic import atomic_write, atomic_write_bytes
 from store.backends.fs import fsync_dir
 from train.checkpoints import CheckpointError
 
@@ -45,57 +45,21 @@ _STEP = re.compile(r"^step_(\d{8})\.pt$")
 FAULT_ENV = "MAVIL_TRAIN_FAULT"
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _replace_into(tmp: Path, path: Path) -> None:
-    if not tmp.is_symlink():
-        os.chmod(tmp, _umask_mode())  # mkstemp makes 0600 files; give the usual mode
-    os.replace(tmp, path)
-    fsync_dir(str(path.parent))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via temp file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _replace_into(Path(tmp), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _fault(step: int, kind: str = "kill_in_save") -> bool:
     return os.environ.get(FAULT_ENV, "") == f"{kind}:{step}"
 
 
 def atomic_torch_save(path: Path, obj: Any, step: int = -1) -> Path:
-    """``torch.save`` to ``path`` via temp file + fsync + rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
+    """``torch.save`` to ``path`` whole or not at all (``store.atomic``)."""
+    def write(fh: Any) -> None:
+        torch.save(obj, fh)
+        if _fault(step):  # the crash test: die with the temp file half written
             fh.flush()
-            if _fault(step):  # the crash test: die with the temp file half written
-                fh.truncate(fh.tell() // 2)
-                fh.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-            os.fsync(fh.fileno())
-        _replace_into(Path(tmp), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+            fh.truncate(fh.tell() // 2)
+            fh.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return atomic_write(path, write)
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -105,8 +69,10 @@ def _link(src: Path, dst: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:  # a file system without hard links: copy
-        atomic_write_bytes(tmp, src.read_bytes())
-    _replace_into(tmp, dst)
+        atomic_write_bytes(dst, src.read_bytes())
+        return
+    os.replace(tmp, dst)
+    fsync_dir(str(dst.parent))
 
 
 def step_file(run_dir: Path, step: int) -> Path:

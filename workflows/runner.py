@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from store.atomic import atomic_write_text
 from workflows.outputs import Check, check, store_fingerprint
 from workflows.spec import Artifact, Step, Workflow
 
@@ -44,12 +45,7 @@ def _now() -> str:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))
 
 
 def launch_argv(step: Step, params: dict[str, Any]) -> list[str]:
