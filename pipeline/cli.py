@@ -1,6 +1,9 @@
 """The ``pipeline`` command: build stores (AudioSet, VGGSound, any manifest), stats,
 benchmarks (``bench``: the pipeline's CPU cost; ``bench-loader``: the training loader,
-``store.bench``), and the store's ``info`` / ``verify``."""
+``store.bench``), and the store's ``info`` / ``verify``.
+
+Each command imports what it needs inside its handler: `pipeline info` and `verify` read
+metadata and never import torch (tests/test_pipeline_startup.py checks it)."""
 
 from __future__ import annotations
 
@@ -11,18 +14,22 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-
-from pipeline.decode import DecodeOptions
 from pipeline.engines import ENGINES
-from pipeline.features import JPEG_ENCODERS
-from pipeline.manifest import ManifestBuilder
-from pipeline.run import BuildOptions, build, format_summary
-from pipeline.sources import DEFAULT_PATTERNS, SourceConfig
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from pipeline.manifest import ManifestBuilder
+    from pipeline.run import BuildOptions
+
+BUILDS = ("build", "build-audioset", "build-vggsound", "build-esc50", "build-speechcommands")
 
 
 def _add_source_args(p: argparse.ArgumentParser, youtube: bool) -> None:
+    from pipeline.sources import DEFAULT_PATTERNS, SourceConfig
+
     g = p.add_argument_group("media source")
     g.add_argument("--media-root", help="folder of local media files named by clip "
                    "(patterns: --media-pattern; any extension)")
@@ -36,14 +43,23 @@ def _add_source_args(p: argparse.ArgumentParser, youtube: bool) -> None:
         g.add_argument("--youtube-url-template", default=SourceConfig.youtube_url_template)
 
 
+ENGINE_HELP = ("auto (default): the Ray cluster --address or $RAY_ADDRESS names (a Dask "
+               "one for tcp://), else local processes; ray: also an embedded local Ray "
+               "when no address; dask; local")
+
+
 def _add_common_args(p: argparse.ArgumentParser) -> None:
+    from pipeline.features import JPEG_ENCODERS
+
     p.add_argument("--out", required=True, help="store path (local dir or fsspec URL)")
-    p.add_argument("--engine", choices=ENGINES, default="ray",
-                   help="ray (default: embedded local Ray), dask, or local processes")
+    p.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--address", help="existing Ray (ray://, auto) or Dask (tcp://) cluster")
+    p.add_argument("--address", help="existing Ray (ray://, auto, HOST:PORT) or Dask "
+                   "(tcp://) cluster")
     p.add_argument("--format", choices=["zarr", "hdf5"], default="zarr")
-    p.add_argument("--shard-size", type=int, default=None, help="clips per shard (1000)")
+    p.add_argument("--shard-size", type=int, default=None, help="clips per shard, fixed when "
+                   "the store is created (default 1000, fewer for a small manifest: >= 4 "
+                   "shards per worker)")
     p.add_argument("--limit", type=int, default=None, help="first N accepted clips only")
     p.add_argument("--retry-failed", action="store_true",
                    help="re-process only failed clips of committed shards")
@@ -130,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="fbank mean/std of the train split -> store.json")
     p.add_argument("store")
     p.add_argument("--split", default="train", help="split to measure ('all' for every clip)")
-    p.add_argument("--engine", choices=ENGINES, default="local")
+    p.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--address")
     p.set_defaults(func=cmd_stats)
@@ -142,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scaling", action="store_true")
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--ffmpeg")
+    g = p.add_argument_group("start-up (pipeline/bench_startup.py)")
+    g.add_argument("--startup", action="store_true", help="instead: wall time of a 7-clip "
+                   "build vs its own work, and of `pipeline info`, fresh interpreters")
+    g.add_argument("--workers", type=int, default=2, help="--startup build workers")
+    g.add_argument("--engine", dest="startup_engine", choices=ENGINES, default="auto",
+                   help="--startup build engine")
+    g.add_argument("--limit", type=int, default=None, help="--startup: first N clips")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("bench-loader", help="loader samples/s per worker (MAViL pre-training "
@@ -168,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> BuildOptions:
+    from pipeline.decode import DecodeOptions
+    from pipeline.run import BuildOptions
+    from pipeline.sources import SourceConfig
+
     source = SourceConfig(
         media_root=getattr(args, "media_root", None),
         url_template=getattr(args, "url_template", None),
@@ -194,6 +221,8 @@ def _options(args: argparse.Namespace) -> BuildOptions:
 
 def _finish(builder: ManifestBuilder, vocabulary: pa.Table, args: argparse.Namespace,
             name: str) -> int:
+    from pipeline.run import build, format_summary
+
     has_source = (getattr(args, "media_root", None) or getattr(args, "url_template", None)
                   or getattr(args, "source", None))
     if args.command in YOUTUBE_BUILDS and not has_source:  # YouTube ids need a media source
@@ -210,6 +239,7 @@ YOUTUBE_BUILDS = ("build-audioset", "build-vggsound")  # manifests of YouTube id
 
 def cmd_build_esc50(args: argparse.Namespace) -> int:
     from pipeline import esc50
+    from pipeline.manifest import ManifestBuilder
 
     builder = esc50.read_esc50(args.root, ManifestBuilder())
     args.target_frames = args.target_frames or esc50.TARGET_FRAMES
@@ -219,6 +249,7 @@ def cmd_build_esc50(args: argparse.Namespace) -> int:
 
 def cmd_build_speechcommands(args: argparse.Namespace) -> int:
     from pipeline import speechcommands as sc
+    from pipeline.manifest import ManifestBuilder
 
     builder = sc.read_speechcommands(args.root, ManifestBuilder(), args.task, args.test_root)
     args.target_frames = args.target_frames or sc.TARGET_FRAMES
@@ -229,6 +260,7 @@ def cmd_build_speechcommands(args: argparse.Namespace) -> int:
 
 def cmd_build_audioset(args: argparse.Namespace) -> int:
     from pipeline.audioset import read_class_labels, read_segments
+    from pipeline.manifest import ManifestBuilder
 
     vocabulary = read_class_labels(args.labels)
     builder = read_segments(args.segments, vocabulary, ManifestBuilder(), args.splits)
@@ -236,6 +268,7 @@ def cmd_build_audioset(args: argparse.Namespace) -> int:
 
 
 def cmd_build_vggsound(args: argparse.Namespace) -> int:
+    from pipeline.manifest import ManifestBuilder
     from pipeline.vggsound import read_vggsound, vggsound_vocabulary
 
     vocabulary = vggsound_vocabulary(args.csv)
@@ -246,6 +279,7 @@ def cmd_build_vggsound(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from pipeline.audioset import read_class_labels
     from pipeline.generic_manifest import generic_vocabulary, read_generic
+    from pipeline.manifest import ManifestBuilder
 
     vocabulary = read_class_labels(args.labels) if args.labels else generic_vocabulary(
         args.manifest)
@@ -274,6 +308,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.startup:
+        from pipeline.bench_startup import run_bench_startup
+
+        return run_bench_startup(args)
     from pipeline.bench import run_bench
 
     return run_bench(args)
@@ -308,9 +346,34 @@ def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from store import StoreError
+def start_engine_early(argv: Sequence[str]) -> None:
+    """A build that will run on local processes starts their forkserver before the rest
+    of the command is imported: the forkserver's imports (torch: seconds) then overlap
+    the driver's own, its manifest reading and the store's creation."""
+    if not argv or argv[0] not in BUILDS or {"-h", "--help"} & set(argv):
+        return
+    from pipeline.engines import choose_engine as choose
+    from pipeline.engines import start_local_engine
 
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    pre.add_argument("--engine", default="auto")
+    pre.add_argument("--address")
+    try:
+        known, _ = pre.parse_known_args(argv[1:])
+    except (argparse.ArgumentError, SystemExit):  # --engine without a value: the full
+        # parser says so
+        return
+    if known.engine in ENGINES and choose(known.engine, known.address)[0] == "local":
+        start_local_engine()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    start_engine_early(argv)
+    from store import StoreError
+    from store.arrow_without_pandas import skip_pyarrow_pandas_probe
+
+    skip_pyarrow_pandas_probe()  # 1-4 s that no command here needs
     args = absolute_paths(build_parser().parse_args(argv))
     try:
         return int(args.func(args) or 0)

@@ -1,4 +1,5 @@
-"""Where shard tasks run: ``local`` (one process per shard task), ``ray`` or ``dask``.
+"""Where shard tasks run: ``local`` (one process per shard task), ``ray`` or ``dask``;
+``auto`` (the default) picks one of them (``choose_engine``).
 
 Each engine yields ``(job, result)`` pairs as shards finish; ``result`` is the task's
 summary dict, or the exception that remained after the engine's retries (Ray
@@ -21,12 +22,13 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-ENGINES = ("ray", "dask", "local")
+ENGINES = ("auto", "ray", "dask", "local")
+DASK_SCHEMES = ("tcp://", "tls://", "inproc://", "ucx://")  # Dask scheduler addresses
 Task = Callable[[Any], dict]
 # Exceptions that mean "the process running the task died", by engine.
 WORKER_DEATHS = ("WorkerDied", "WorkerCrashedError", "KilledWorker", "NodeDiedError",
@@ -41,13 +43,47 @@ def is_worker_death(result: object) -> bool:
     return isinstance(result, BaseException) and type(result).__name__ in WORKER_DEATHS
 
 
+def choose_engine(engine: str, address: str | None = None,
+                  environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``(engine, why)``. ``auto``: the cluster that ``address`` or ``RAY_ADDRESS`` names
+    (a Dask scheduler for tcp:// and the other Dask schemes, else Ray), local processes
+    when neither names one. An explicit engine is kept (``ray`` without an address starts
+    an embedded Ray, or joins ``RAY_ADDRESS``)."""
+    env = os.environ if environ is None else environ
+    if engine != "auto":
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; use one of {ENGINES}")
+        return engine, "as asked (--engine)"
+    if address:
+        if address.startswith(DASK_SCHEMES):
+            return "dask", f"auto: --address {address} is a Dask scheduler"
+        return "ray", f"auto: --address {address} names a Ray cluster"
+    if env.get("RAY_ADDRESS"):
+        return "ray", f"auto: RAY_ADDRESS={env['RAY_ADDRESS']} names a Ray cluster"
+    return "local", "auto: no --address or RAY_ADDRESS, so local processes"
+
+
+# What the forkserver imports once, before it forks any task process (pipeline/task_preload)
+TASK_PRELOAD = ["pipeline.task_preload"]
+
+
 def _context() -> mp.context.BaseContext:
     """forkserver with the task modules preloaded: each task process is a cheap fork of a
     clean process that has imported torch once (spawn would re-import per task; plain fork
     would copy the driver's threads)."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["pipeline.shard_task", "pipeline.stats"])
+    ctx.set_forkserver_preload(TASK_PRELOAD)
     return ctx
+
+
+def start_local_engine() -> None:
+    """Start the forkserver now, so that its imports (torch: seconds) run while the driver
+    reads the manifest and creates the store, not after; the first task then forks at
+    once. Idempotent; ``run_local`` starts it anyway when this was not called."""
+    from multiprocessing import forkserver
+
+    _context()
+    forkserver.ensure_running()
 
 
 def _watch_driver(lifeline: Connection) -> None:
@@ -132,6 +168,7 @@ def engine_session(engine: str, workers: int, address: str | None = None
                    ) -> Iterator[str | None]:
     """Keep one cluster up across several ``run_engine`` calls (yields the address to
     give them): Ray is initialised once, Dask's LocalCluster started once; local: none."""
+    engine = choose_engine(engine, address)[0]
     if engine == "ray":
         with _ray_session(workers, address):
             yield address
@@ -217,6 +254,8 @@ def run_engine(engine: str, task: Task, jobs: list, workers: int, max_retries: i
                address: str | None = None) -> Iterator[tuple]:
     if not jobs:
         return iter(())
+    if engine == "auto":
+        engine = choose_engine(engine, address)[0]
     if engine == "local":
         return run_local(task, jobs, workers, max_retries)
     if engine == "ray":

@@ -14,7 +14,6 @@ import numpy as np
 from pipeline.decode import Decoded
 from pipeline.manifest import ClipSpec
 from store import ClipRecord, StoreSpec
-from store.fbank import compute_fbank
 
 JPEG_ENCODERS = ("pil", "torchvision", "ffmpeg")
 
@@ -50,6 +49,8 @@ def audio_features(audio: np.ndarray | None, spec: StoreSpec
     window = int(spec.sample_rate * float(spec.fbank["frame_length_ms"]) / 1000.0)
     if audio is None or len(audio) < window:
         return empty_fbank(spec), 0, None
+    from store.fbank import compute_fbank  # torch: imported by the workers, not the driver
+
     fbank, n = compute_fbank(audio, spec)
     wav = None
     if spec.store_waveform:

@@ -1,7 +1,9 @@
 """Build a store from a manifest: plan shards, resume, run the engine, report.
 
-Shard assignment is deterministic (manifest order, consecutive chunks of ``shard_size``),
-so re-running the same command skips the committed shards (resume), and
+Shard assignment is deterministic (manifest order, consecutive chunks of ``shard_size``,
+chosen once when the store is created -- ``choose_shard_size``: small manifests get small
+shards, so that every worker has work -- and recorded in store.json), so re-running the
+same command, with any ``workers``, skips the committed shards (resume), and
 ``retry_failed`` re-processes only failed clips of committed shards. The store records
 which clips each shard id stands for (its manifest claim): a build of another manifest
 into the same store is refused before it starts, and at each commit. Every clip the
@@ -10,8 +12,10 @@ manifest accepted ends in the index; rows it rejected are in the rejects report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +26,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline.decode import DecodeOptions
+from pipeline.engines import choose_engine
 from pipeline.isolation import run_shards
 from pipeline.manifest import ClipSpec, Reject, reject_counts, shard_plan, write_rejects
 from pipeline.shard_task import ShardJob, failure_shard
@@ -36,18 +41,22 @@ from store import (
     open_writer,
     shard_fingerprint,
 )
-from store.backends.fs import resolve
-from store.claim import claim_store
+from store.backends.fs import join, resolve
+from store.claim import MANIFEST_JSON, claim_store
+from store.writer import read_spec
+
+DEFAULT_SHARD_SIZE = 1000  # clips per shard of a large manifest
+SHARDS_PER_WORKER = 4      # what a small manifest is cut into, at least, per worker
 
 
 @dataclass
 class BuildOptions:
     out: str
-    engine: str = "ray"
+    engine: str = "auto"                 # pipeline/engines.py choose_engine
     workers: int = 2
     address: str | None = None
     backend: str = "zarr"
-    shard_size: int | None = None        # None: the store's, or 1000 for a new store
+    shard_size: int | None = None        # None: the store's, or choose_shard_size's
     jpeg_quality: int | None = None      # None: StoreSpec default
     store_waveform: bool = False
     retry_failed: bool = False
@@ -74,7 +83,7 @@ def open_or_create(opts: BuildOptions, vocabulary: pa.Table, vocab_name: str) ->
                              f"format={writer.spec.backend}, target_frames="
                              f"{writer.spec.target_frames}; resume with the same settings")
         return writer
-    spec = StoreSpec(backend=opts.backend, shard_size=opts.shard_size or 1000,
+    spec = StoreSpec(backend=opts.backend, shard_size=opts.shard_size or DEFAULT_SHARD_SIZE,
                      store_waveform=opts.store_waveform,
                      vocabulary={"name": vocab_name, "num_classes": vocabulary.num_rows})
     if opts.target_frames:  # the clip length as stored (store.json fbank.target_frames)
@@ -84,6 +93,40 @@ def open_or_create(opts: BuildOptions, vocabulary: pa.Table, vocab_name: str) ->
     if opts.jpeg_quality:
         spec.jpeg_quality = opts.jpeg_quality
     return create_store(opts.out, spec, vocabulary)
+
+
+def choose_shard_size(clips: int, workers: int) -> int:
+    """Clips per shard for a new store: the default 1000, or fewer when that would leave
+    workers idle -- at least SHARDS_PER_WORKER shards per worker (15 clips on 2 workers:
+    shards of 2 clips, 8 shards), never under 1 clip."""
+    return max(1, min(DEFAULT_SHARD_SIZE, -(-clips // (SHARDS_PER_WORKER * max(1, workers)))))
+
+
+def recorded_shard_size(path: str) -> int | None:
+    """The shard size the store already plans with: store.json's, else that of the claim
+    (manifest.json) of a build that stopped before creating store.json; None for a new
+    store."""
+    fs, root = resolve(path)
+    if fs.exists(join(root, "store.json")):
+        return read_spec(fs, root).shard_size
+    try:
+        size = json.loads(fs.cat_file(join(root, MANIFEST_JSON))).get("shard_size")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def shard_size_for(opts: BuildOptions, clips: int) -> int:
+    """The shard plan's size: the store's (a different --shard-size is an error), else
+    ``opts.shard_size``, else ``choose_shard_size``."""
+    recorded = recorded_shard_size(opts.out)
+    if recorded is None:
+        return opts.shard_size or choose_shard_size(clips, opts.workers)
+    if opts.shard_size and opts.shard_size != recorded:
+        raise StoreError(f"{opts.out} plans shards of {recorded} clips (store.json "
+                         f"shard_size); --shard-size {opts.shard_size} would plan other "
+                         "shards: drop --shard-size to resume, or use a new --out")
+    return recorded
 
 
 def plan_jobs(writer: StoreWriter, specs: list[ClipSpec], opts: BuildOptions
@@ -126,14 +169,19 @@ def build(specs: list[ClipSpec], rejects: list[Reject], vocabulary: pa.Table,
           opts: BuildOptions, vocab_name: str = "custom") -> dict[str, Any]:
     """Run the whole build; returns (and writes) the run report."""
     t0 = time.time()
+    engine, why = choose_engine(opts.engine, opts.address)
+    opts = dataclasses.replace(opts, engine=engine, shard_size=shard_size_for(opts, len(specs)))
     fs, root = resolve(opts.out)
     if not fs.exists(f"{root}/store.json"):  # claim first: a refused build writes nothing
-        size = opts.shard_size or 1000
-        claim_store(opts.out, shard_claims(specs, size), size, _describe(specs))
+        claim_store(opts.out, shard_claims(specs, opts.shard_size), opts.shard_size,
+                    _describe(specs))
     writer = open_or_create(opts, vocabulary, vocab_name)
     jobs, skipped = plan_jobs(writer, specs, opts)
+    if jobs:  # said once the build is accepted (a refused one prints only its error)
+        print(f"engine           {engine}: {why}", file=sys.stderr)
     statuses: Counter = Counter()
     nbytes, done_clips, shard_errors = 0, 0, []
+    spans: list[tuple[float, float]] = []  # (start, end) of each shard task's own work
     bar = tqdm(total=len(specs), initial=skipped, unit="clip", disable=not opts.progress,
                dynamic_ncols=True, desc="clips")
     for job, result in run_shards(opts.engine, jobs, opts.workers, opts.max_retries,
@@ -149,6 +197,9 @@ def build(specs: list[ClipSpec], rejects: list[Reject], vocabulary: pa.Table,
                 result = {"statuses": Counter(index["status"].to_pylist()), "bytes": 0}
             else:
                 result = failure_shard(job, reason[:500])
+        if result.get("wall_s"):  # a task that ran (not a committed failure)
+            end = time.time()
+            spans.append((end - float(result["wall_s"]), end))
         statuses.update(result["statuses"])
         nbytes += result["bytes"]
         done_clips += len(job.clips)
@@ -161,17 +212,33 @@ def build(specs: list[ClipSpec], rejects: list[Reject], vocabulary: pa.Table,
         "out": opts.out, "engine": opts.engine, "workers": opts.workers,
         "manifest_clips": len(specs), "rejected_rows": len(rejects),
         "rejects_by_reason": reject_counts(rejects),
+        "shard_size": writer.spec.shard_size,
         "shards_total": -(-len(specs) // writer.spec.shard_size) if specs else 0,
         "shards_run": len(jobs), "clips_skipped_committed": skipped,
         "clips_processed": done_clips, "status_counts_this_run": dict(sorted(statuses.items())),
         "shard_task_failures": shard_errors, "bytes_written": nbytes,
         "elapsed_s": round(elapsed, 3),
+        # the shard tasks' own wall time (process_shard's wall_s), summed, and the most
+        # that ran at once (from each task's span, as the driver saw it end)
+        "work_s": round(sum(e - s for s, e in spans), 3),
+        "peak_shards_at_once": peak_overlap(spans),
         "clips_per_s": round(done_clips / elapsed, 3) if elapsed > 0 else 0.0,
         "retry_failed": opts.retry_failed,
     }
     report["status_counts_store"] = store_status_counts(opts.out)
     write_report(report, rejects, opts)
     return report
+
+
+def peak_overlap(spans: list[tuple[float, float]]) -> int:
+    """The most intervals ``(start, end)`` that overlap at one instant."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans],
+                    key=lambda ev: (ev[0], ev[1]))
+    peak = now = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
 
 
 def store_status_counts(path: str) -> dict[str, int]:
@@ -201,9 +268,11 @@ def format_summary(report: dict[str, Any]) -> str:
         f"manifest         {report['manifest_clips']} clips, {report['rejected_rows']} rows "
         f"rejected" + (f" {report['rejects_by_reason']}" if report["rejects_by_reason"] else ""),
         f"this run         {report['clips_processed']} clips in {report['shards_run']} shards "
+        f"of {report['shard_size']} on {report['engine']} x{report['workers']} "
         f"({report['clips_skipped_committed']} already committed) in "
         f"{report['elapsed_s']:.1f} s, {report['clips_per_s']} clips/s, "
-        f"{report['bytes_written'] / 1e6:.1f} MB written",
+        f"{report['bytes_written'] / 1e6:.1f} MB written; shard work {report['work_s']:.1f} s, "
+        f"at most {report['peak_shards_at_once']} shards at once",
         f"statuses (run)   {report['status_counts_this_run']}",
         f"statuses (store) {report['status_counts_store']}",
     ]

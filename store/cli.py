@@ -66,6 +66,9 @@ def add_commands(subparsers: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from store.arrow_without_pandas import skip_pyarrow_pandas_probe
+
+    skip_pyarrow_pandas_probe()  # pyarrow's pandas import: 1-4 s, never needed here
     parser = argparse.ArgumentParser(prog="python -m store.cli")
     add_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -75,7 +75,7 @@ def test_cli_registers_all_commands() -> None:
                                 "bench-loader", "info", "verify"}
     args = parser.parse_args(["build-audioset", "--segments", "a.csv", "--labels", "l.csv",
                               "--source", "youtube", "--out", "s"])
-    assert args.engine == "ray" and args.format == "zarr" and args.source == "youtube"
+    assert args.engine == "auto" and args.format == "zarr" and args.source == "youtube"
 
 
 def test_build_without_a_source_is_a_clear_error(audioset_dir: Path, tmp_path: Path,

@@ -1,8 +1,10 @@
-"""Engines for real: a local Ray cluster (embedded, the default) and a Dask LocalCluster
+"""Engines for real: a local Ray cluster (embedded: `--engine ray`) and a Dask LocalCluster
 joined by address (2 workers each) with a worker SIGKILLed mid-shard; the local pool with
 workers dying until a shard runs out of retries; the driver SIGKILLed after its first
 commit and re-run; --retry-failed; and `stats` reduced on Dask. Each result must equal an
-uninterrupted run (same clips, same features).
+uninterrupted run (same clips, same features): the reference store, whose index rows,
+checksums of the stored bytes included, every engine's store must equal, so Ray, Dask and
+the local processes that ``--engine auto`` picks without a cluster write the same bytes.
 
 Robustness on a loaded CI box: nothing here depends on how fast the box is. Kills are
 triggered by the work itself (the crash hook fires half-way through a shard), and the
@@ -65,7 +67,9 @@ def test_ray_survives_a_worker_killed_mid_shard(pipeline_setup: PipelineSetup,  
     monkeypatch.setenv(CRASH_ENV, str(marker))  # ray.init (inside build) passes it on
     monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
     out = s.tmp / "store-ray"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     report = build(s.builder.specs, s.builder.rejects, s.vocab, _opts(out, "ray"))
+    assert report["engine"] == "ray"  # explicit ray without an address: an embedded one
     assert marker.exists()  # a worker really died mid-shard
     assert report["shard_task_failures"] == []
     assert report["status_counts_store"] == {"ok": 7, "not_found": 1}

@@ -1,0 +1,98 @@
+"""``pipeline bench --startup``: what a small job pays beyond its own work, in one run.
+
+Each figure is a fresh interpreter, as a user runs the command: the 7 bundled sample
+clips (pipeline/sample_media/demo_manifest.csv) built into a new store with
+``pipeline build`` (default ``--engine auto``), then ``pipeline info`` of that store.
+
+- build: wall time of the whole command against its own work, which is the shard tasks'
+  ``wall_s`` (what ``process_shard`` reports) summed over the shards, divided by the
+  workers. Target: wall / work <= 2. Also the wall time beyond one ``import torch``
+  (measured here too), which the task processes' forkserver pays before the first task.
+- info: wall time of ``pipeline info`` against a bare interpreter (``python -c pass``) and
+  against ``import torch`` (what it would cost if it imported torch). Target: <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SAMPLES = Path(__file__).resolve().parent / "sample_media"
+
+
+def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 1):  # info exits 1 when it lists problems
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): "
+                           f"{proc.stderr.strip()[-500:]}")
+    return wall, proc
+
+
+def bench_startup(workers: int, engine: str = "auto", limit: int | None = None
+                  ) -> dict[str, Any]:
+    py = sys.executable
+    res: dict[str, Any] = {"workers": workers, "engine_asked": engine}
+    res["python_s"] = timed([py, "-c", "pass"])[0]
+    res["import_torch_s"] = timed([py, "-c", "import torch"])[0]
+    with tempfile.TemporaryDirectory(prefix="mavil-bench-startup-") as tmp:
+        out, reports = os.path.join(tmp, "store"), os.path.join(tmp, "reports")
+        cmd = [py, "-m", "pipeline.cli", "build", "--manifest",
+               str(SAMPLES / "demo_manifest.csv"), "--media-root", str(SAMPLES), "--out", out,
+               "--engine", engine, "--workers", str(workers), "--no-progress",
+               "--report-dir", reports]
+        if limit:
+            cmd += ["--limit", str(limit)]
+        res["build_wall_s"], proc = timed(cmd)
+        report = json.loads(next(Path(reports).glob("run-*.json")).read_text())
+        res.update(engine=report["engine"], clips=report["clips_processed"],
+                   shards=report["shards_run"], shard_size=report["shard_size"],
+                   build_elapsed_s=report["elapsed_s"], work_s=report["work_s"],
+                   peak_shards_at_once=report["peak_shards_at_once"])
+        res["work_per_worker_s"] = report["work_s"] / workers
+        res["build_ratio"] = res["build_wall_s"] / max(res["work_per_worker_s"], 1e-9)
+        # the forkserver imports torch once before any task can start (the fbank needs it)
+        res["build_beyond_torch_s"] = res["build_wall_s"] - res["import_torch_s"]
+        res["info_wall_s"], proc = timed([py, "-m", "pipeline.cli", "info", out])
+        probe = ("import runpy, sys; sys.argv = ['pipeline', 'info', sys.argv[1]]\n"
+                 "try:\n    runpy.run_module('pipeline.cli', run_name='__main__')\n"
+                 "except SystemExit:\n    pass\n"
+                 "print('torch' in sys.modules, file=sys.stderr)")
+        res["info_imports_torch"] = timed([py, "-c", probe, out])[1].stderr.strip() \
+            .endswith("True")
+    return res
+
+
+def format_startup(r: dict[str, Any]) -> str:
+    return "\n".join([
+        f"machine      {os.cpu_count()} CPUs; python start {r['python_s']:.2f} s, "
+        f"import torch {r['import_torch_s']:.2f} s",
+        f"build        {r['clips']} clips in {r['shards']} shards of {r['shard_size']}, "
+        f"engine {r['engine']} (asked {r['engine_asked']}) x{r['workers']}, at most "
+        f"{r['peak_shards_at_once']} at once",
+        f"  wall       {r['build_wall_s']:.2f} s (inside build() {r['build_elapsed_s']:.2f} s)",
+        f"  own work   {r['work_per_worker_s']:.2f} s ({r['work_s']:.2f} s of shard tasks "
+        f"/ {r['workers']} workers)",
+        f"  ratio      wall / own work = {r['build_ratio']:.2f}x (target <= 2); beyond the "
+        f"task processes' one torch import: {r['build_beyond_torch_s']:.2f} s = "
+        f"{r['build_beyond_torch_s'] / max(r['work_per_worker_s'], 1e-9):.2f}x own work",
+        f"info         {r['info_wall_s']:.2f} s wall (target <= 2 s) = "
+        f"{r['info_wall_s'] / r['python_s']:.1f}x a bare interpreter; imports torch: "
+        f"{'yes' if r['info_imports_torch'] else 'no'}",
+    ])
+
+
+def run_bench_startup(args: argparse.Namespace) -> int:
+    res = bench_startup(max(1, args.workers), args.startup_engine, args.limit)
+    print(format_startup(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
