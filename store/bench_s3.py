@@ -15,8 +15,10 @@ client's (main process + DataLoader workers) per sample on each side, and the se
 per sample. moto's server is Python too and shares the machine's cores with the workers
 (~5 ms of CPU per request, whatever its size), so on a small box part of the gap is the
 server's; ``--server-nice 19`` runs it at the lowest priority, nearer a remote server.
-``--copies``: the sample plan's repeats (12 clips each); an epoch of a few batches per
-worker would mostly time each epoch's first, un-overlapped read.
+The CPU-bound ratios (local CPU per sample over S3's) are what a box whose cores are all
+busy gets, and hold when other jobs share the machine (the wall-clock ratio then varies
+with their load). ``--copies``: the sample plan's repeats (12 clips each); an epoch of
+a few batches per worker would mostly time each epoch's first, un-overlapped read.
 Needs the dev dependencies (moto[server], s3fs).
 """
 
@@ -198,6 +200,10 @@ def main() -> None:
     print(f"  CPU per sample: client {r['client_ms_local']:.1f} ms local, "
           f"{r['client_ms_s3']:.1f} ms s3; S3 server {r['server_ms']:.1f} ms "
           f"(nice {r['server_nice']})")
+    # a box whose cores are all busy (other jobs, moto) runs at the rate its CPU allows
+    bound = r["client_ms_local"] / (r["client_ms_s3"] + r["server_ms"])
+    print(f"  CPU-bound ratio: {bound:.2f} with the server on these cores, "
+          f"{r['client_ms_local'] / r['client_ms_s3']:.2f} client only")
 
 
 if __name__ == "__main__":

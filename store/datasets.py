@@ -352,7 +352,7 @@ class StreamingDataset(_ClipSource, IterableDataset):
         batch with one round of concurrent range requests over all its shards
         (Store.prefetch), so the round trips overlap decoding (FORMAT.md "Object
         storage"); locally it reads in place."""
-        if is_local(self.store.fs) or len(batches) < 2:
+        if is_local(self.store.fs):
             for items in batches:
                 yield self.read([int(i) for i in items])
             return

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from loader_fixtures import any_store  # noqa: F401
 from s3_fixtures import new_bucket, s3_bucket, s3_env, s3_server  # noqa: F401
@@ -222,3 +223,52 @@ def test_dataloader_two_workers_reads_every_clip_once_on_s3(any_store, s3_bucket
         seen[where] = (ids, torch.cat([b["audio"] for b in batches]))
     assert seen[url][0] == seen[any_store][0]
     assert torch.equal(seen[url][1], seen[any_store][1])
+
+
+def test_ranged_reads_on_presigned_urls(records, s3_bucket, monkeypatch):  # noqa: F811
+    """backends/ranges.py: byte ranges through presigned URLs equal s3fs's; an expired or
+    refused URL falls back to s3fs; a batch over two shards is ONE round with one range
+    per array file, and reading it then sends no further request."""
+    import fsspec
+
+    from store.backends import ranges
+
+    fs = _s3fs()
+    blob = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    path = f"{s3_bucket.removeprefix('s3://')}/blob"
+    fs.pipe_file(path, blob)
+    reader = ranges._presigned(fs)
+    assert reader is not None, "the plain s3fs set-up takes the presigned path"
+    starts, ends = [0, 5, 299_990, 100_000], [1, 70_000, 300_000, 250_000]
+    got = ranges.cat_ranges(fs, [path] * 4, starts, ends)
+    assert got == [blob[a:b] for a, b in zip(starts, ends, strict=True)]
+    url, expires = reader.urls[path]
+    reader.urls[path] = (url.replace("Signature=", "Signature=x"), expires)  # refused: 403
+    assert ranges.cat_ranges(fs, [path], [10], [20]) == [blob[10:20]]
+    assert ranges.cat_ranges(fs, [path + "-gone"], [0], [4])[0].__class__ is \
+        FileNotFoundError  # per range, as fs.cat_ranges(on_error="return") gives it
+    other = fsspec.filesystem("s3", client_kwargs={"verify": False}, skip_instance_cache=True)
+    assert ranges._presigned(other) is None  # anything unusual goes through s3fs
+
+    url = f"{s3_bucket}/store"
+    writer = create_store(url, StoreSpec(store_waveform=True))
+    writer.write_shard(0, records[:5])
+    writer.write_shard(7, records[5:])
+    store = open_store(url)
+    pairs = [(r["shard"], r["row"]) for r in store.filter().to_pylist()]
+    store.prefetch(pairs[:1])  # opens the shard handles (metadata, chunk indexes)
+    store.prefetch(pairs[-1:])
+    sent = []
+    real_get = ranges._presigned(store.fs).get
+    monkeypatch.setattr(ranges._presigned(store.fs), "get",
+                        lambda *a: sent.append(a) or real_get(*a))
+    assert store.prefetch(pairs) == 6 and len(sent) == 6  # 2 shards x 3 array files
+    for shard in (0, 7):
+        rows = [row for s, row in pairs if s == shard]
+        clips = store.read_shard(shard, rows)
+        assert [c.clip_id for c in clips] == [r.clip_id for r in _ok(records)
+                                              if r.clip_id in {c.clip_id for c in clips}]
+    assert len(sent) == 6, "the reads used the prefetched chunks"
+    for c in clips:
+        want = next(r for r in records if r.clip_id == c.clip_id)
+        assert c.frames == want.frames
