@@ -347,21 +347,32 @@ class StreamingDataset(_ClipSource, IterableDataset):
                 yield self.make_sample(int(item), clip, g)
 
     def _read_ahead(self, batches: list[np.ndarray]) -> Iterator[list[Any]]:
-        """The clips of each batch in turn. On object storage the next batch is fetched in
-        a background thread while this one is turned into samples, so a request's round
-        trip overlaps decoding (FORMAT.md "Object storage"); locally it reads in place."""
-        if is_local(self.store.fs) or len(batches) < 2:
+        """The clips of each batch in turn. On object storage the next two batches
+        are fetched in a background thread while this one is turned into samples, each
+        batch with one round of concurrent range requests over all its shards
+        (Store.prefetch), so the round trips overlap decoding (FORMAT.md "Object
+        storage"); locally it reads in place."""
+        if is_local(self.store.fs):
             for items in batches:
                 yield self.read([int(i) for i in items])
             return
+        from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
+        def fetch(items: np.ndarray) -> list[Any]:
+            try:
+                self.store.prefetch((int(self.shards[i]), int(self.rows[i])) for i in items)
+            except StoreError:
+                pass  # read() reports it, or skips the clip (on_error="skip")
+            return self.read([int(i) for i in items])
+
+        depth = 2  # batches in flight: a slow round trip does not stall the decoder
         with ThreadPoolExecutor(1, thread_name_prefix="store-read-ahead") as pool:
-            ahead = pool.submit(self.read, [int(i) for i in batches[0]])
-            for nxt in [*batches[1:], None]:
-                clips = ahead.result()
+            ahead = deque(pool.submit(fetch, b) for b in batches[:depth])
+            for nxt in [*batches[depth:], *[None] * len(ahead)]:
+                clips = ahead.popleft().result()
                 if nxt is not None:
-                    ahead = pool.submit(self.read, [int(i) for i in nxt])
+                    ahead.append(pool.submit(fetch, nxt))
                 yield clips
 
 

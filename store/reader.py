@@ -199,6 +199,29 @@ class Store:
         data = self._handle(shard_file).read(wanted)
         return [self._clip(by_row[r], d) for r, d in zip(wanted, data, strict=True)]
 
+    def prefetch(self, shard_rows: Iterable[tuple[int, int]]) -> int:
+        """Object storage: fetch the chunks of (shard id, row) pairs -- a batch spanning
+        several shards -- in one round of concurrent range GETs, kept until the next
+        ``read_shard`` of those rows (backends/ranges.py). Returns the number of ranges
+        requested; a no-op (0) on local disk and for HDF5 shards."""
+        if is_local(self.fs):
+            return 0
+        by_shard: dict[int, list[int]] = {}
+        for shard, row in shard_rows:
+            by_shard.setdefault(int(shard), []).append(int(row))
+        wanted = []
+        cols = self._columns()
+        for shard, rows in by_shard.items():
+            by_row = self._row_map(shard)
+            if rows[0] not in by_row:
+                continue  # read_shard reports it
+            handle = self._handle(cols["shard_file"][by_row[rows[0]]])
+            if hasattr(handle, "remote_chunks"):
+                wanted += handle.remote_chunks(rows)
+        from store.backends.ranges import fetch_chunks
+
+        return fetch_chunks(self.fs, wanted)
+
     def shard_ids(self) -> list[int]:
         return sorted(self._shard_map())
 

@@ -28,12 +28,12 @@ import numpy as np
 
 from store.backends import Hook, ShardData, ShardRow, checked_rows
 from store.backends.fs import is_local, write_then_rename
+from store.backends.ranges import fetch_chunks
 from store.backends.zarr_direct import (
     BLOSC,
     ShardFile,
     decode_vlen,
     direct_readable,
-    prefetch_remote,
 )
 from store.errors import StoreError, rebuild_hint
 
@@ -206,7 +206,7 @@ class ZarrShardReader:
         wav_f = self._file("waveform") if self.has_waveform else None
         n_slots = int(self._meta["frames"]["shape"][1])
         if not is_local(self.fs):  # one round of concurrent range GETs for all chunks
-            prefetch_remote([f for f in (fbank_f, frames_f, wav_f) if f is not None], rows)
+            fetch_chunks(self.fs, self.remote_chunks(rows))
         elif len(rows) > 1:  # one read per run of adjacent chunks, per array
             for f in (fbank_f, frames_f, wav_f):
                 if f is not None:
@@ -223,6 +223,16 @@ class ZarrShardReader:
             if f is not None:
                 f.cached.clear()
         return out
+
+    def remote_chunks(self, rows: Sequence[int]) -> list[tuple[ShardFile, list[int]]]:
+        """(array file, rows) a direct read of ``rows`` needs, for a caller that fetches
+        several shards' chunks in one round (``ranges.fetch_chunks``); [] when this
+        shard is read through the zarr library."""
+        if not self.direct:
+            return []
+        rows = checked_rows(rows, self.n, self.path)
+        names = ["fbank", "frames"] + (["waveform"] if self.has_waveform else [])
+        return [(self._file(name), rows) for name in names]
 
     def _read_zarr(self, rows: list[int]) -> list[ShardRow]:
         a = self._arrays

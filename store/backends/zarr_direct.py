@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from store.backends.fs import is_local
+from store.backends.ranges import NO_CHUNK
 from store.errors import StoreError, rebuild_hint
 
-NO_CHUNK = 2**64 - 1
 BYTES_LE = {"name": "bytes", "configuration": {"endian": "little"}}
 INDEX_CODECS = [BYTES_LE, {"name": "crc32c"}]
 # fbank_compression "lossless": byte shuffle groups the float16 high bytes, lz4hc packs them
@@ -180,40 +180,6 @@ class ShardFile:
             os.close(self._fd)
             self._fd = None
         self._remote = None
-
-
-MAX_GAP = 256 * 1024  # object stores: read over gaps up to this rather than add a request
-
-
-def prefetch_remote(files: Sequence[ShardFile], rows: Sequence[int]) -> None:
-    """Object stores: fetch the chunks of ``rows`` in all ``files`` (a clip's fbank, frames
-    and waveform) with one batch of concurrent range GETs (``fs.cat_ranges``; s3fs issues
-    them together), chunks less than MAX_GAP apart merged into one range, so a batch of
-    clips costs about one round trip, not one per chunk."""
-    paths, starts, ends, groups = [], [], [], []
-    for f in files:
-        want = sorted((int(f.index[r, 0]), int(f.index[r, 1]), r) for r in set(rows)
-                      if int(f.index[r, 0]) != NO_CHUNK and r not in f.cached)
-        for offset, nbytes, r in want:
-            if groups and groups[-1][0] is f and offset - ends[-1] <= MAX_GAP:
-                ends[-1] = max(ends[-1], offset + nbytes)
-                groups[-1][1].append(r)
-                continue
-            paths.append(f.path)
-            starts.append(offset)
-            ends.append(offset + nbytes)
-            groups.append((f, [r]))
-    if not paths:
-        return
-    fs = files[0]._remote
-    for (f, members), data, lo, hi in zip(groups, fs.cat_ranges(paths, starts, ends),
-                                          starts, ends, strict=True):
-        if not isinstance(data, bytes) or len(data) != hi - lo:
-            continue  # read_chunk fetches it again and reports what is wrong
-        buf = memoryview(bytearray(data))  # writable: a Clip owns its fbank memory
-        for r in members:
-            o = int(f.index[r, 0]) - lo
-            f.cached[r] = buf[o:o + int(f.index[r, 1])]
 
 
 def decode_vlen(raw: bytes, n_items: int, where: str) -> list[bytes]:
