@@ -22,8 +22,8 @@ from typing import Any
 from pipeline.decode import DecodeOptions, decode_clip
 from pipeline.features import failed_record, record_from_decoded
 from pipeline.manifest import WINDOW_TOLERANCE_S, ClipSpec
-from pipeline.probe import MediaError
 from pipeline.prefetch import fetch_result, prefetched
+from pipeline.probe import MediaError
 from pipeline.sources import Fetched, FetchError, SourceConfig
 from pipeline.workspace import sweep
 from store import ClipRecord, StoreError, StoreSpec, open_store, open_writer

@@ -130,7 +130,8 @@ def test_url_template_downloads_per_clip(server: str, http_server: MediaServer,
     try:
         assert precut.uri == f"{server}/media/abcdefghijk_30.mp4"
         assert (precut.precut, whole.precut) == (True, False)  # a {start} URL is a segment
-        assert Path(precut.path).read_bytes() == Path(whole.path).read_bytes() == http_server.fallback
+        body = http_server.fallback
+        assert Path(precut.path).read_bytes() == Path(whole.path).read_bytes() == body
     finally:
         precut.cleanup()
         whole.cleanup()
