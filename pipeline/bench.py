@@ -6,6 +6,10 @@ floor and the full path are charged the same way. The floor decodes the same win
 the same streams (first video + first audio, ``-threads 1`` as the pipeline runs it) to
 the null muxer; the full path is decode/resize/resample + fbank + JPEG + shard
 write. Target: full / floor <= 1.5. Each JPEG variant is measured after a warm-up.
+
+``--latency SECONDS`` measures instead what prefetch buys (``latency_bench``): one worker's
+clips/s over http from a 127.0.0.1 server delaying every request, prefetch off and on,
+against zero latency, in one run. Target: on at 1 s keeps >= 0.8 of on at 0 s.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
 from pipeline.decode import DecodeOptions, decode_clip
 from pipeline.features import assemble_record, audio_features, video_features
@@ -196,11 +201,73 @@ def format_bench(res: dict) -> str:
     return "\n".join(lines)
 
 
+def latency_bench(media: list[Path], latency: float, clips: int, depth: int) -> dict:
+    """Clips/s of one worker (one shard task in this process) whose ``clips`` 10-s clips
+    come over http from a 127.0.0.1 server delaying each request by 0 and by ``latency``
+    seconds, with prefetch off (0 in flight: each clip downloads when its turn comes) and
+    on (``depth`` in flight), all in this run. ``keeps`` = on at ``latency`` / on at 0."""
+    from pipeline.media_server import MediaServer
+    from pipeline.shard_task import ShardJob, process_shard
+    from pipeline.sources import SourceConfig
+
+    files = {p.name: p for p in media}
+    names = sorted(files)
+    runs: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for lat in (0.0, latency):
+            with MediaServer(files, latency=lat) as srv:
+                specs = [ClipSpec(f"c{i}", f"c{i}", 0.0, 10.0,
+                                  f"{srv.url}/media/{quote(names[i % len(names)])}", [0],
+                                  "train") for i in range(clips)]
+                configs = [("warm", depth, specs[:2])] if not runs else []
+                for name, d, todo in configs + [("off", 0, specs), ("on", depth, specs)]:
+                    root = os.path.join(tmp, f"{name}-{lat:g}")
+                    create_store(root, StoreSpec(), None)
+                    cfg = SourceConfig(download_dir=os.path.join(tmp, "dl"),
+                                       downloads_in_flight=d, max_per_host=max(4, depth))
+                    t0 = time.perf_counter()
+                    summary = process_shard(ShardJob(root, 0, todo, cfg))
+                    wall = time.perf_counter() - t0
+                    if summary["statuses"] != {"ok": len(todo)}:
+                        raise RuntimeError(f"bench clips failed: {summary['statuses']}")
+                    runs[f"{name}@{lat:g}"] = len(todo) / wall
+    runs.pop("warm@0")
+    z, lat = "0", f"{latency:g}"
+    return {"latency_s": latency, "clips": clips, "downloads_in_flight": depth,
+            "media": names, "clips_per_s": runs,
+            "keeps": runs[f"on@{lat}"] / runs[f"on@{z}"],
+            "keeps_vs_today_at_zero": runs[f"on@{lat}"] / runs[f"off@{z}"],
+            "today_keeps": runs[f"off@{lat}"] / runs[f"off@{z}"],
+            "speedup_at_latency": runs[f"on@{lat}"] / runs[f"off@{lat}"]}
+
+
+def format_latency(res: dict) -> str:
+    r, lat = res["clips_per_s"], f"{res['latency_s']:g}"
+    return "\n".join([
+        f"one worker, {res['clips']} 10-s clips over http from 127.0.0.1 "
+        f"({', '.join(res['media'])}), cpus: {os.cpu_count()}",
+        f"latency 0 s   prefetch off {r['off@0']:.2f} clips/s   on ({res['downloads_in_flight']} "
+        f"in flight) {r['on@0']:.2f} clips/s",
+        f"latency {lat} s prefetch off {r[f'off@{lat}']:.2f} clips/s   on "
+        f"{r[f'on@{lat}']:.2f} clips/s",
+        f"at {lat} s latency, prefetch on keeps {res['keeps']:.2f}x of its zero-latency "
+        f"throughput ({res['keeps_vs_today_at_zero']:.2f}x of prefetch off at zero; target "
+        f">= 0.80); prefetch off keeps {res['today_keeps']:.2f}x; on / off at {lat} s: "
+        f"{res['speedup_at_latency']:.2f}x"])
+
+
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(1)
     media = default_media() + expand(args.media)
+    if getattr(args, "latency", None) is not None:
+        res = latency_bench(media, max(0.0, args.latency), max(2, args.latency_clips),
+                            max(1, args.downloads_in_flight))
+        print(format_latency(res))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1))
+        return 0
     res = bench_media(media, max(1, args.repeat), args.ffmpeg)
     if not args.no_scaling:
         res["scaling"] = scaling(media, args.scaling_clips)
