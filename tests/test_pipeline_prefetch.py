@@ -167,6 +167,21 @@ def test_yt_dlp_too_many_requests_is_retried_then_fails(tmp_path: Path) -> None:
     assert _left(tmp_path) == []
 
 
+def test_host_rate_spaces_request_starts(tmp_path: Path) -> None:
+    """4 request starts per second: 5 downloads from one host take at least 1 s, however
+    many are allowed at once."""
+    with MediaServer(fallback=(SAMPLES / "house_lo.ogg").read_bytes()) as srv:
+        clips = [_earth(f"c{i}", f"{srv.url}/media/c{i}.ogg") for i in range(5)]
+        cfg = _cfg(tmp_path, downloads_in_flight=4, max_per_host=4, host_rate=4.0)
+        t0 = time.monotonic()
+        with closing(prefetched(clips, cfg)) as it:
+            for _, got in it:
+                assert isinstance(got, Fetched)
+                got.cleanup()
+        assert time.monotonic() - t0 >= 1.0 and srv.requests == 5
+    assert _left(tmp_path) == []
+
+
 def test_retry_after_header_forms() -> None:
     soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     assert retry_after("7") == 7.0
@@ -259,7 +274,7 @@ def test_a_task_killed_with_downloads_in_flight_resumes_clean(tmp_path: Path) ->
     """The crash hook SIGKILLs the task half-way with fetched and in-flight downloads; the
     next run sweeps them and commits the same store as an uninterrupted run."""
     with MediaServer(fallback=(SAMPLES / "earth.mp4").read_bytes(), latency=0.3) as srv:
-        clips = [_earth(f"c{i}", f"{srv.url}/media/c{i}.mp4") for i in range(8)]
+        clips = [_earth(f"c{i}", f"{srv.url}/media/c{i}.mp4") for i in range(6)]
         root = tmp_path / "store"
         create_store(str(root), StoreSpec(), None)
         arg = {"store": str(root), "dl": str(tmp_path / "dl"),
@@ -278,5 +293,30 @@ def test_a_task_killed_with_downloads_in_flight_resumes_clean(tmp_path: Path) ->
         create_store(str(ref), StoreSpec(), None)
         process_shard(ShardJob(str(ref), 0, clips, _cfg(tmp_path, downloads_in_flight=0)))
     assert index_rows(str(root)) == index_rows(str(ref))
-    assert [r["status"] for r in _rows(root)] == ["ok"] * 8
+    assert [r["status"] for r in _rows(root)] == ["ok"] * 6
     assert set(COMPARE) <= set(_rows(root)[0])
+
+
+def test_cli_flags_reach_the_source_config(tmp_path: Path) -> None:
+    from pipeline.cli import _options, build_parser
+
+    base = ["build", "--manifest", "m.csv", "--out", str(tmp_path / "s")]
+    plain = _options(build_parser().parse_args(base)).source
+    assert (plain.downloads_in_flight, plain.max_per_host, plain.host_rate) == (4, 4, None)
+    args = build_parser().parse_args(base + ["--downloads-in-flight", "0", "--max-per-host",
+                                             "2", "--host-rate", "0.5"])
+    src = _options(args).source
+    assert (src.downloads_in_flight, src.max_per_host, src.host_rate) == (0, 2, 0.5)
+
+
+def test_latency_bench_figures_are_consistent() -> None:
+    """`pipeline bench --latency` accounting (speed itself is judged by running it)."""
+    from pipeline.bench import format_latency, latency_bench
+
+    res = latency_bench([SAMPLES / "house_lo.ogg"], 0.1, clips=2, depth=2, rounds=1)
+    r = res["clips_per_s"]
+    assert set(r) == {"off@0", "on@0", "off@0.1", "on@0.1"} and min(r.values()) > 0
+    assert res["keeps"] == pytest.approx(r["on@0.1"] / r["on@0"])
+    assert res["speedup_at_latency"] == pytest.approx(r["on@0.1"] / r["off@0.1"])
+    assert r["off@0.1"] < 1 / 0.1  # prefetch off: every clip waits its 0.1 s
+    assert "keeps" in format_latency(res)
