@@ -170,7 +170,8 @@ def with_retries(fn: Callable[[], T], cfg: SourceConfig, deadline: Deadline,
             with limiter.slot(host, deadline):
                 return fn()
         except SlotTimeout as err:
-            raise FetchError("timeout", f"{err} (after {attempt} tries)") from err
+            tried = f" (after {attempt} tries)" if attempt else ""
+            raise FetchError("timeout", f"{err}{tried}") from err
         except Retryable as err:
             wait = delay
             if err.throttled:

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 from pipeline.deadline import Deadline
 from pipeline.ffmpeg_bin import ffmpeg_exe
@@ -116,7 +117,7 @@ def ffmpeg_dir(user: str | None = None) -> str:
     os.makedirs(folder, exist_ok=True)
     link = os.path.join(folder, "ffmpeg")
     if os.path.realpath(link) != os.path.realpath(exe):
-        tmp = f"{link}.{os.getpid()}"
+        tmp = f"{link}.{os.getpid()}.{threading.get_ident()}"  # prefetch threads race here
         os.symlink(exe, tmp)
         os.replace(tmp, link)
     return folder

@@ -182,6 +182,25 @@ def test_host_rate_spaces_request_starts(tmp_path: Path) -> None:
     assert _left(tmp_path) == []
 
 
+def test_a_busy_or_paused_host_makes_a_download_wait_never_past_its_deadline() -> None:
+    from pipeline.deadline import Deadline
+    from pipeline.hosts import HostLimiter, SlotTimeout
+
+    limiter = HostLimiter(max_per_host=1)
+    with limiter.slot("h:1", Deadline(5)):
+        t0 = time.monotonic()
+        with pytest.raises(SlotTimeout, match="no turn on host h:1"), \
+                limiter.slot("h:1", Deadline(0.3)):
+            pass
+        assert 0.3 <= time.monotonic() - t0 < 0.3 + SLACK_S
+        with limiter.slot("other:1", Deadline(0.3)):  # another host is not held up
+            assert limiter.active("h:1") == limiter.active("other:1") == 1
+    limiter.pause("h:1", 0.4)
+    t0 = time.monotonic()
+    with limiter.slot("h:1", Deadline(5)):
+        assert time.monotonic() - t0 >= 0.4
+
+
 def test_retry_after_header_forms() -> None:
     soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     assert retry_after("7") == 7.0
