@@ -207,22 +207,22 @@ def latency_bench(media: list[Path], latency: float, clips: int, depth: int,
     """Clips/s of one worker (one shard task in this process) whose ``clips`` 10-s clips
     come over http from 127.0.0.1 servers delaying each request by 0 and by ``latency``
     seconds, with prefetch off (0 in flight: each clip downloads when its turn comes) and
-    on (``depth`` in flight). The four runs alternate, ``rounds`` times, and each keeps its
-    best round (a shared box drifts). ``keeps`` = on at ``latency`` / on at 0."""
-    from pipeline.media_server import MediaServer
+    on (``depth`` in flight). The servers run in their own processes. The four runs
+    alternate, ``rounds`` times, and each keeps its best round (a shared box drifts).
+    ``keeps`` = on at ``latency`` / on at 0."""
+    from pipeline.media_server import serve_in_child
     from pipeline.shard_task import ShardJob, process_shard
     from pipeline.sources import SourceConfig
 
-    files = {p.name: p for p in media}
-    names = sorted(files)
+    names = sorted({p.name for p in media})
     lat = f"{latency:g}"
     best: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as tmp, MediaServer(files) as fast, \
-            MediaServer(files, latency=latency) as slow:
+    with tempfile.TemporaryDirectory() as tmp, serve_in_child(media) as fast, \
+            serve_in_child(media, latency) as slow:
 
-        def run(name: str, server: MediaServer, d: int, n: int) -> None:
+        def run(name: str, server: str, d: int, n: int) -> None:
             specs = [ClipSpec(f"c{i}", f"c{i}", 0.0, 10.0,
-                              f"{server.url}/media/{quote(names[i % len(names)])}", [0],
+                              f"{server}/media/{quote(names[i % len(names)])}", [0],
                               "train") for i in range(n)]
             root = tempfile.mkdtemp(dir=tmp)
             create_store(root, StoreSpec(), None)

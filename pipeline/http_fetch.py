@@ -31,7 +31,7 @@ from pipeline.sources import (
 )
 
 MAX_REDIRECTS = 10
-_CHUNK = 1 << 16
+_CHUNK = 1 << 20
 
 
 def check_redirect(src: str, dest: str, cfg: SourceConfig) -> None:

@@ -4,13 +4,19 @@ seconds, counts the requests it is serving at once (``RequestCounter``, shareabl
 servers to count several hosts), and can answer the first ``throttle`` requests (or all,
 -1) with HTTP 429 and a Retry-After header. Names are looked up in a fixed table, never
 joined to a path. Subclass ``MediaHandler`` and override ``route`` for other answers.
+``serve_in_child`` (or ``python -m pipeline.media_server FILE...``) runs one in its own
+process, as the benchmark does.
 """
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -121,3 +127,34 @@ class MediaServer:
     def __exit__(self, *exc: object) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+@contextmanager
+def serve_in_child(files: list[Path], latency: float = 0.0) -> Iterator[str]:
+    """A MediaServer for ``files`` (by name) in a child process, so that serving does not
+    share the caller's CPU and GIL the way a remote host would not; yields its URL. The
+    child exits when the block ends or its parent dies (stdin closes)."""
+    args = [sys.executable, "-m", "pipeline.media_server", "--latency", str(latency),
+            *map(str, files)]
+    with subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+        try:
+            line = proc.stdout.readline().decode().strip()  # type: ignore[union-attr]
+            if not line.startswith("http://"):
+                raise RuntimeError("the media server did not start")
+            yield line
+        finally:
+            proc.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="serve media files on 127.0.0.1")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args()
+    with MediaServer({p.name: p for p in args.files}, latency=args.latency) as srv:
+        print(srv.url, flush=True)
+        sys.stdin.read()  # until the parent closes it (or dies)
+
+
+if __name__ == "__main__":
+    main()
