@@ -176,6 +176,10 @@ def _fetch_once(spec: ClipSpec, url: str, cfg: SourceConfig, deadline: Deadline)
     args = [sys.executable, "-c", _CHILD, json.dumps(ydl_options(spec, cfg, outdir)), url]
     try:
         rc, err = run_child(args, max(0.001, deadline.remaining()))
+    except FetchError as exc:  # killed at the deadline
+        _remove(outdir)
+        raise FetchError("timeout", f"yt-dlp exceeded its {deadline.seconds:g}-s "
+                         "deadline") from exc
     except BaseException:
         _remove(outdir)
         raise
