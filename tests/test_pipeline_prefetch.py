@@ -26,7 +26,7 @@ from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
-from pipeline_fixtures import COMPARE, SAMPLES, SHARD, index_rows, write_manifest
+from pipeline_fixtures import SAMPLES, SHARD, index_rows, write_manifest
 
 from pipeline.generic_manifest import generic_vocabulary, read_generic
 from pipeline.http_fetch import retry_after
@@ -313,7 +313,6 @@ def test_a_task_killed_with_downloads_in_flight_resumes_clean(tmp_path: Path) ->
         process_shard(ShardJob(str(ref), 0, clips, _cfg(tmp_path, downloads_in_flight=0)))
     assert index_rows(str(root)) == index_rows(str(ref))
     assert [r["status"] for r in _rows(root)] == ["ok"] * 6
-    assert set(COMPARE) <= set(_rows(root)[0])
 
 
 def test_cli_flags_reach_the_source_config(tmp_path: Path) -> None:
