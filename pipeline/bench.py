@@ -6,6 +6,10 @@ floor and the full path are charged the same way. The floor decodes the same win
 the same streams (first video + first audio, ``-threads 1`` as the pipeline runs it) to
 the null muxer; the full path is decode/resize/resample + fbank + JPEG + shard
 write. Target: full / floor <= 1.5. Each JPEG variant is measured after a warm-up.
+
+``--latency SECONDS`` measures instead what prefetch buys (``latency_bench``): one worker's
+clips/s over http from a 127.0.0.1 server delaying every request, prefetch off and on,
+against zero latency, in one run. Target: on at 1 s keeps >= 0.8 of on at 0 s.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
 from pipeline.decode import DecodeOptions, decode_clip
 from pipeline.features import assemble_record, audio_features, video_features
@@ -196,11 +202,81 @@ def format_bench(res: dict) -> str:
     return "\n".join(lines)
 
 
+def latency_bench(media: list[Path], latency: float, clips: int, depth: int,
+                  rounds: int = 2) -> dict:
+    """Clips/s of one worker (one shard task in this process) whose ``clips`` 10-s clips
+    come over http from 127.0.0.1 servers delaying each request by 0 and by ``latency``
+    seconds, with prefetch off (0 in flight: each clip downloads when its turn comes) and
+    on (``depth`` in flight). The servers run in their own processes. The four runs
+    alternate, ``rounds`` times, and each keeps its best round (a shared box drifts).
+    ``keeps`` = on at ``latency`` / on at 0."""
+    from pipeline.media_server import serve_in_child
+    from pipeline.shard_task import ShardJob, process_shard
+    from pipeline.sources import SourceConfig
+
+    names = sorted({p.name for p in media})
+    lat = f"{latency:g}"
+    best: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, serve_in_child(media) as fast, \
+            serve_in_child(media, latency) as slow:
+
+        def run(name: str, server: str, d: int, n: int) -> None:
+            specs = [ClipSpec(f"c{i}", f"c{i}", 0.0, 10.0,
+                              f"{server}/media/{quote(names[i % len(names)])}", [0],
+                              "train") for i in range(n)]
+            root = tempfile.mkdtemp(dir=tmp)
+            create_store(root, StoreSpec(), None)
+            cfg = SourceConfig(download_dir=os.path.join(tmp, "dl"), downloads_in_flight=d,
+                               max_per_host=max(4, d))
+            t0 = time.perf_counter()
+            summary = process_shard(ShardJob(root, 0, specs, cfg))
+            rate = n / (time.perf_counter() - t0)
+            if summary["statuses"] != {"ok": n}:
+                raise RuntimeError(f"bench clips failed: {summary['statuses']}")
+            best[name] = max(best.get(name, 0.0), rate)
+            shutil.rmtree(root)
+
+        run("warm", fast, depth, 2)  # imports, codec tables, first store write
+        for _ in range(max(1, rounds)):
+            for name, server, d in [("off@0", fast, 0), ("on@0", fast, depth),
+                                    (f"on@{lat}", slow, depth), (f"off@{lat}", slow, 0)]:
+                run(name, server, d, clips)
+    best.pop("warm")
+    return {"latency_s": latency, "clips": clips, "downloads_in_flight": depth,
+            "rounds": rounds, "media": names, "clips_per_s": best,
+            "keeps": best[f"on@{lat}"] / best["on@0"],
+            "keeps_vs_today_at_zero": best[f"on@{lat}"] / best["off@0"],
+            "today_keeps": best[f"off@{lat}"] / best["off@0"],
+            "speedup_at_latency": best[f"on@{lat}"] / best[f"off@{lat}"]}
+
+
+def format_latency(res: dict) -> str:
+    r, lat = res["clips_per_s"], f"{res['latency_s']:g}"
+    return "\n".join([
+        f"one worker, {res['clips']} 10-s clips over http from 127.0.0.1 "
+        f"({', '.join(res['media'])}), best of {res['rounds']} rounds, cpus: {os.cpu_count()}",
+        f"latency 0 s   prefetch off {r['off@0']:.2f} clips/s   on ({res['downloads_in_flight']} "
+        f"in flight) {r['on@0']:.2f} clips/s",
+        f"latency {lat} s prefetch off {r[f'off@{lat}']:.2f} clips/s   on "
+        f"{r[f'on@{lat}']:.2f} clips/s",
+        f"at {lat} s latency, prefetch on keeps {res['keeps']:.2f}x of its zero-latency "
+        f"throughput ({res['keeps_vs_today_at_zero']:.2f}x of prefetch off at zero; target "
+        f">= 0.80); prefetch off keeps {res['today_keeps']:.2f}x; on / off at {lat} s: "
+        f"{res['speedup_at_latency']:.2f}x"])
+
+
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(1)
     media = default_media() + expand(args.media)
+    if getattr(args, "latency", None) is not None:
+        res = latency_bench(media, max(0.0, args.latency), max(2, args.latency_clips),
+                            max(1, args.downloads_in_flight), max(1, args.rounds))
+        print(format_latency(res))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1))
+        return 0
     res = bench_media(media, max(1, args.repeat), args.ffmpeg)
     if not args.no_scaling:
         res["scaling"] = scaling(media, args.scaling_clips)

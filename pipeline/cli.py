@@ -50,6 +50,7 @@ ENGINE_HELP = ("auto (default): the Ray cluster --address or $RAY_ADDRESS names 
 
 def _add_common_args(p: argparse.ArgumentParser) -> None:
     from pipeline.features import JPEG_ENCODERS
+    from pipeline.sources import SourceConfig
 
     p.add_argument("--out", required=True, help="store path (local dir or fsspec URL)")
     p.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
@@ -77,6 +78,12 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
                    "CDNs need it, always may)")
     p.add_argument("--max-mb", type=float, default=512.0, help="download size limit, MB")
     p.add_argument("--retries", type=int, default=3, help="download retries with backoff")
+    p.add_argument("--downloads-in-flight", type=int, default=SourceConfig.downloads_in_flight,
+                   help="clips downloaded ahead of the decoder per worker (0: none)")
+    p.add_argument("--max-per-host", type=int, default=SourceConfig.max_per_host,
+                   help="downloads at once per host per worker (0: no limit)")
+    p.add_argument("--host-rate", type=float, default=None,
+                   help="request starts per second per host per worker (default no limit)")
     p.add_argument("--jpeg-quality", type=int, default=None)
     p.add_argument("--jpeg-encoder", choices=JPEG_ENCODERS, default="pil",
                    help="pil/torchvision encode raw frames; ffmpeg emits MJPEG directly")
@@ -87,6 +94,8 @@ def _add_common_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.sources import SourceConfig
+
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -156,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=2, help="passes over the media")
     p.add_argument("--scaling-clips", type=int, default=24, help="clips for 1 vs 2 workers")
     p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--latency", type=float, default=None, metavar="SECONDS",
+                   help="instead: clips/s of one worker downloading from a 127.0.0.1 server "
+                   "that delays each request, prefetch off vs on, against zero latency")
+    p.add_argument("--latency-clips", type=int, default=32, help="clips per --latency run")
+    p.add_argument("--rounds", type=int, default=2, help="--latency: best of N rounds")
+    p.add_argument("--downloads-in-flight", type=int, default=SourceConfig.downloads_in_flight,
+                   help="prefetch depth of the --latency 'on' runs")
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--ffmpeg")
     g = p.add_argument_group("start-up (pipeline/bench_startup.py)")
@@ -204,7 +220,8 @@ def _options(args: argparse.Namespace) -> BuildOptions:
         download_dir=args.download_dir or os.path.join(tempfile.gettempdir(), "mavil-dl"),
         timeout=args.timeout, max_bytes=int(args.max_mb * 1024 * 1024), retries=args.retries,
         deadline=args.deadline, cross_host_redirects=args.allow_cross_host_redirects,
-        ffmpeg=args.ffmpeg)
+        ffmpeg=args.ffmpeg, downloads_in_flight=max(0, args.downloads_in_flight),
+        max_per_host=max(0, args.max_per_host), host_rate=args.host_rate)
     if getattr(args, "media_pattern", None):
         source.patterns = tuple(args.media_pattern)
     decode = DecodeOptions(ffmpeg=args.ffmpeg,

@@ -8,13 +8,19 @@
   hop's URL must have an allowed http(s) scheme, may not downgrade https to http, and may
   leave the first URL's host only with ``SourceConfig.cross_host_redirects``. The final
   URL is returned (and recorded as the index ``uri``).
+- **Slow down.** HTTP 429 and 503 are retried after at least their Retry-After (seconds
+  or a date, capped at ``max_retry_after``), and pause the host for every download of the
+  process (``with_retries`` with the URL's host, pipeline/hosts.py).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit
 
 from pipeline.deadline import Deadline, SocketWatchdog
+from pipeline.hosts import host_of
 from pipeline.sources import (
     FetchError,
     Retryable,
@@ -25,7 +31,7 @@ from pipeline.sources import (
 )
 
 MAX_REDIRECTS = 10
-_CHUNK = 1 << 16
+_CHUNK = 1 << 20
 
 
 def check_redirect(src: str, dest: str, cfg: SourceConfig) -> None:
@@ -121,7 +127,12 @@ def _check_response(resp, url: str, cfg: SourceConfig) -> None:  # type: ignore[
     code = resp.status_code
     if code in (404, 410):
         raise FetchError("not_found", f"HTTP {code} for {url}")
-    if code == 429 or code >= 500:
+    if code in (429, 503):  # the host asks us to slow down
+        wait = retry_after(resp.headers.get("Retry-After"))
+        said = f" (Retry-After {wait:g} s)" if wait is not None else ""
+        raise Retryable("download_error", f"HTTP {code} for {url}{said}", throttled=True,
+                        retry_after=wait)
+    if code >= 500:
         raise Retryable("download_error", f"HTTP {code} for {url}")
     if code >= 400:
         raise FetchError("download_error", f"HTTP {code} for {url}")
@@ -130,8 +141,27 @@ def _check_response(resp, url: str, cfg: SourceConfig) -> None:  # type: ignore[
         raise FetchError("too_large", f"{length} bytes > limit {cfg.max_bytes}")
 
 
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), None if absent
+    or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
 def fetch_http(url: str, dest: str, cfg: SourceConfig) -> str:
     """Download ``url`` to ``dest`` within the download deadline, retrying retryable
-    failures with exponential backoff; returns the final URL after redirects."""
+    failures with exponential backoff, each try taking its turn on the URL's host
+    (pipeline/hosts.py); returns the final URL after redirects."""
     deadline = Deadline(download_deadline(cfg))
-    return with_retries(lambda: _get_once(url, dest, cfg, deadline), cfg, deadline)
+    return with_retries(lambda: _get_once(url, dest, cfg, deadline), cfg, deadline,
+                        host_of(url))

@@ -5,7 +5,8 @@ never raises for a bad clip: each clip becomes one ClipRecord, ok or failed with
 With ``retry_failed`` it re-processes only the failed clips of a committed shard and copies
 the ok clips' stored features -- each checked against its stored checksum first; a damaged
 one is re-processed like a failed clip -- then rewrites the shard whole (the store commits
-atomically).
+atomically). Downloads run ``SourceConfig.downloads_in_flight`` clips ahead of the decode
+(pipeline/prefetch.py); the records keep the shard's clip order.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import os
 import resource
 import signal
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.decode import DecodeOptions, decode_clip
 from pipeline.features import failed_record, record_from_decoded
 from pipeline.manifest import WINDOW_TOLERANCE_S, ClipSpec
+from pipeline.prefetch import fetch_result, prefetched
 from pipeline.probe import MediaError
-from pipeline.sources import FetchError, SourceConfig, fetch
+from pipeline.sources import Fetched, FetchError, SourceConfig
 from pipeline.workspace import sweep
 from store import ClipRecord, StoreError, StoreSpec, open_store, open_writer
 
@@ -77,10 +80,14 @@ def decode_options(spec: StoreSpec, base: DecodeOptions) -> DecodeOptions:
 def process_clip(clip: ClipSpec, spec: StoreSpec, job: ShardJob, opts: DecodeOptions
                  ) -> ClipRecord:
     """One clip -> one ClipRecord (never raises for bad input)."""
-    try:
-        fetched = fetch(clip, job.source)
-    except FetchError as err:
-        return failed_record(clip, err.status, err.reason)
+    return decode_fetched(clip, fetch_result(clip, job.source), spec, job, opts)
+
+
+def decode_fetched(clip: ClipSpec, fetched: Fetched | FetchError, spec: StoreSpec,
+                   job: ShardJob, opts: DecodeOptions) -> ClipRecord:
+    """A fetched clip -> one ClipRecord; the fetched file is removed after."""
+    if isinstance(fetched, FetchError):
+        return failed_record(clip, fetched.status, fetched.reason)
     try:
         start = 0.0 if fetched.precut else clip.start
         decoded = decode_clip(fetched.path, start, start + (clip.end - clip.start), opts)
@@ -143,12 +150,18 @@ def process_shard(job: ShardJob) -> dict[str, Any]:
         keep, damaged = _copied_ok_records(job.store, job.shard_id,
                                            writer.shard_index(job.shard_id))
     records = []
-    for i, clip in enumerate(job.clips):
-        _maybe_crash(i, len(job.clips))
-        if clip.clip_id in job.poisoned:
-            records.append(failed_record(clip, "error", job.poisoned[clip.clip_id]))
-            continue
-        records.append(keep.get(clip.clip_id) or process_clip(clip, spec, job, opts))
+    todo = [c for c in job.clips if c.clip_id not in job.poisoned and c.clip_id not in keep]
+    with closing(prefetched(todo, job.source)) as downloads:  # fetched ahead, in order
+        for i, clip in enumerate(job.clips):
+            _maybe_crash(i, len(job.clips))
+            if clip.clip_id in job.poisoned:
+                records.append(failed_record(clip, "error", job.poisoned[clip.clip_id]))
+            elif clip.clip_id in keep:
+                records.append(keep[clip.clip_id])
+            else:
+                got_clip, fetched = next(downloads)
+                assert got_clip is clip
+                records.append(decode_fetched(clip, fetched, spec, job, opts))
     summary = writer.write_shard(job.shard_id, records, claim=job.claim)
     if os.environ.get(DELAY_ENV):
         time.sleep(float(os.environ[DELAY_ENV]))

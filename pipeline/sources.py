@@ -24,6 +24,7 @@ from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 from pipeline.deadline import Deadline
+from pipeline.hosts import SlotTimeout, host_of, limiter_for
 from pipeline.manifest import ClipSpec, format_seconds, safe_clip_id
 from pipeline.workspace import workspace
 
@@ -58,6 +59,10 @@ class SourceConfig:
     max_bytes: int = 512 * 1024 * 1024
     retries: int = 3
     backoff: float = 0.5                     # seconds, doubled per retry
+    downloads_in_flight: int = 8             # clips fetched ahead of the decoder (0: none)
+    max_per_host: int = 8                    # requests at once per host, all downloads (0: any)
+    host_rate: float | None = None           # request starts per second per host (None: any)
+    max_retry_after: float = 60.0            # longest Retry-After honoured, seconds
     allowed_schemes: tuple[str, ...] = ALLOWED_SCHEMES
     ffmpeg: str | None = None
     extra: dict = field(default_factory=dict)
@@ -138,19 +143,47 @@ T = TypeVar("T")
 
 
 class Retryable(FetchError):
-    """A failure worth another try (timeouts, 5xx, refused connections)."""
+    """A failure worth another try (timeouts, 5xx, refused connections). ``throttled``: the
+    host asked us to slow down (HTTP 429 / 503, "Too Many Requests"), ``retry_after``
+    seconds if it said how long."""
+
+    def __init__(self, status: str, reason: str, throttled: bool = False,
+                 retry_after: float | None = None):
+        super().__init__(status, reason)
+        self.throttled = throttled
+        self.retry_after = retry_after
 
 
-def with_retries(fn: Callable[[], T], cfg: SourceConfig, deadline: Deadline) -> T:
-    """Call ``fn``; retry Retryable failures with exponential backoff within ``deadline``."""
+def with_retries(fn: Callable[[], T], cfg: SourceConfig, deadline: Deadline,
+                 host: str | None = None) -> T:
+    """Call ``fn``; retry Retryable failures with exponential backoff within ``deadline``.
+
+    With ``host`` (pipeline/hosts.py ``host_of``) every try first takes a turn on that host
+    (``max_per_host``, ``host_rate``); a throttled failure waits at least its Retry-After
+    (at most ``max_retry_after``) and pauses the host for every download of the process."""
+    limiter = limiter_for(cfg.max_per_host, cfg.host_rate) if host else None
     delay = cfg.backoff
     for attempt in range(cfg.retries + 1):
         try:
-            return fn()
+            if limiter is None or host is None:
+                return fn()
+            with limiter.slot(host, deadline):
+                return fn()
+        except SlotTimeout as err:
+            tried = f" (after {attempt} tries)" if attempt else ""
+            raise FetchError("timeout", f"{err}{tried}") from err
         except Retryable as err:
-            if attempt == cfg.retries or deadline.remaining() <= delay:
-                raise FetchError(err.status, f"{err.reason} (after {attempt + 1} tries)") from err
-            time.sleep(delay)
+            wait = delay
+            if err.throttled:
+                wait = max(delay, min(err.retry_after or 0.0, cfg.max_retry_after))
+            if attempt == cfg.retries or deadline.remaining() <= wait:
+                late = (f"; waiting {wait:g} s more would pass the {deadline.seconds:g}-s "
+                        "deadline") if attempt < cfg.retries else ""
+                raise FetchError(err.status, f"{err.reason} (after {attempt + 1} tries"
+                                 f"{late})") from err
+            if err.throttled and limiter is not None and host is not None:
+                limiter.pause(host, wait)
+            time.sleep(wait)
             delay *= 2
     raise AssertionError("unreachable")
 
@@ -195,7 +228,7 @@ def fetch_fsspec(url: str, dest: str, cfg: SourceConfig) -> None:
         except (OSError, ValueError, ImportError) as err:
             raise FetchError("download_error", f"{type(err).__name__}: {err}") from err
 
-    with_retries(once, cfg, deadline)
+    with_retries(once, cfg, deadline, host_of(url))
 
 
 def uri_scheme(uri: str) -> str | None:

@@ -10,7 +10,9 @@ download has a hard wall-clock deadline: past ``download_deadline`` the child's 
 group (yt-dlp and the ffmpeg it runs) is killed; the deadline starts once the child has
 imported yt-dlp (it has ``STARTUP_S`` for that). The child also asks the kernel to kill it
 when its worker dies (``PR_SET_PDEATHSIG``). Redirects inside yt-dlp are yt-dlp's (YouTube
-CDNs are other hosts); the first URL's scheme is checked here. Costs ~0.6 s CPU per clip
+CDNs are other hosts); the first URL's scheme is checked here. "HTTP Error 429" / "Too
+Many Requests" is retried by ``pipeline.sources.with_retries`` with backoff, and each run
+takes its turn on the first URL's host (pipeline/hosts.py). Costs ~0.6 s CPU per clip
 to start the child (importing yt-dlp), small beside a YouTube extraction.
 """
 
@@ -19,22 +21,28 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
+from pipeline.deadline import Deadline
 from pipeline.ffmpeg_bin import ffmpeg_exe
+from pipeline.hosts import host_of
 from pipeline.manifest import ClipSpec, safe_clip_id
 from pipeline.sources import (
     Fetched,
     FetchError,
+    Retryable,
     SourceConfig,
     _names,
     check_scheme,
     download_deadline,
+    with_retries,
 )
 from pipeline.workspace import workspace
 
@@ -43,6 +51,8 @@ from pipeline.workspace import workspace
 FORMAT = "bv*[height<=?360]+ba/b[height<=?360]/wv*+ba/w"
 # Seconds the yt-dlp child may take to start (import yt-dlp) before the deadline starts.
 STARTUP_S = 60.0
+# yt-dlp's words for a host that wants us to slow down (its HTTPError text, YouTube's page)
+THROTTLED = re.compile(r"HTTP Error (429|503)|too many requests", re.IGNORECASE)
 
 
 def _status_of(message: str) -> str:
@@ -107,7 +117,7 @@ def ffmpeg_dir(user: str | None = None) -> str:
     os.makedirs(folder, exist_ok=True)
     link = os.path.join(folder, "ffmpeg")
     if os.path.realpath(link) != os.path.realpath(exe):
-        tmp = f"{link}.{os.getpid()}"
+        tmp = f"{link}.{os.getpid()}.{threading.get_ident()}"  # prefetch threads race here
         os.symlink(exe, tmp)
         os.replace(tmp, link)
     return folder
@@ -143,7 +153,8 @@ def run_child(args: list[str], deadline_s: float, startup_s: float = STARTUP_S
 
 
 def fetch_youtube(spec: ClipSpec, cfg: SourceConfig) -> Fetched:
-    """Download the segment into a fresh folder inside ``download_dir``."""
+    """Download the segment into a fresh folder inside ``download_dir``; "Too Many
+    Requests" is retried with backoff (``with_retries``, the URL's host paused)."""
     import importlib.util
 
     if importlib.util.find_spec("yt_dlp") is None:
@@ -153,11 +164,22 @@ def fetch_youtube(spec: ClipSpec, cfg: SourceConfig) -> Fetched:
         raise FetchError("download_error", f"unsafe clip id {spec.clip_id!r}")
     url = cfg.youtube_url_template.format(**_names(spec))
     check_scheme(url, cfg)
-    outdir = tempfile.mkdtemp(prefix=spec.clip_id + ".", dir=workspace(cfg.download_dir))
     _ensure_on_path(ffmpeg_dir(cfg.ffmpeg))
+    deadline = Deadline(download_deadline(cfg))
+    return with_retries(lambda: _fetch_once(spec, url, cfg, deadline), cfg, deadline,
+                        host_of(url))
+
+
+def _fetch_once(spec: ClipSpec, url: str, cfg: SourceConfig, deadline: Deadline) -> Fetched:
+    """One yt-dlp run with what is left of ``deadline`` (counted once the child is ready)."""
+    outdir = tempfile.mkdtemp(prefix=spec.clip_id + ".", dir=workspace(cfg.download_dir))
     args = [sys.executable, "-c", _CHILD, json.dumps(ydl_options(spec, cfg, outdir)), url]
     try:
-        rc, err = run_child(args, download_deadline(cfg))
+        rc, err = run_child(args, max(0.001, deadline.remaining()))
+    except FetchError as exc:  # killed at the deadline
+        _remove(outdir)
+        raise FetchError("timeout", f"yt-dlp exceeded its {deadline.seconds:g}-s "
+                         "deadline") from exc
     except BaseException:
         _remove(outdir)
         raise
@@ -165,6 +187,8 @@ def fetch_youtube(spec: ClipSpec, cfg: SourceConfig) -> Fetched:
         _remove(outdir)
         message = " ".join(err.split()) or f"yt-dlp exit {rc}"
         message = message.removeprefix("DownloadError: ").removeprefix("ERROR: ")
+        if THROTTLED.search(message):
+            raise Retryable("download_error", message[:300], throttled=True)
         raise FetchError(_status_of(message), message[:300])
     files = [f for f in glob.glob(os.path.join(outdir, "clip.*")) if not f.endswith(".part")]
     if not files:

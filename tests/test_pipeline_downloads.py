@@ -4,14 +4,13 @@ a disallowed scheme, and yt-dlp's generic extractor downloading only the segment
 
 from __future__ import annotations
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from pipeline.manifest import ClipSpec
+from pipeline.media_server import MediaHandler, MediaServer
 from pipeline.probe import probe
 from pipeline.shard_task import ShardJob, process_shard
 from pipeline.sources import FetchError, SourceConfig, fetch
@@ -20,32 +19,14 @@ from store import StoreSpec, create_store, open_store
 STALL_S = 3.0
 
 
-class _Handler(BaseHTTPRequestHandler):
-    media: bytes = b""
-    hits: dict[str, int] = {}
+class _Handler(MediaHandler):
+    """The media server's answers plus a stall, oversized bodies, HTML, a flaky 500."""
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _send(self, body: bytes, ctype: str = "video/mp4", length: bool = True) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        if length:
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_HEAD(self) -> None:  # yt-dlp's generic extractor may probe with HEAD
-        self.do_GET()
-
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0]
-        self.hits[path] = self.hits.get(path, 0) + 1
-        if path.startswith("/media/"):
-            self._send(self.media)
-        elif path == "/stall.mp4":
+    def route(self, path: str) -> None:
+        srv, media = self.server.owner, self.server.owner.fallback or b""
+        if path == "/stall.mp4":
             time.sleep(STALL_S)
-            self._send(self.media)
+            self.send_body(media)
         elif path == "/big.mp4":
             self.send_response(200)
             self.send_header("Content-Length", str(50 * 1024 * 1024))
@@ -56,23 +37,24 @@ class _Handler(BaseHTTPRequestHandler):
             for _ in range(64):
                 self.wfile.write(b"\0" * 65536)
         elif path == "/notmedia.mp4":
-            self._send(b"<html><body>not a video</body></html>\n" * 50, "text/html")
-        elif path == "/flaky.mp4" and self.hits[path] == 1:
+            self.send_body(b"<html><body>not a video</body></html>\n" * 50, "text/html")
+        elif path == "/flaky.mp4" and srv.hits[path] == 1:
             self.send_error(500)
         elif path == "/flaky.mp4":
-            self._send(self.media)
+            self.send_body(media)
         else:
-            self.send_error(404)
+            super().route(path)
 
 
 @pytest.fixture(scope="module")
-def server(media_dir: Path):
-    _Handler.media = (media_dir / "earth.mp4").read_bytes()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
+def http_server(media_dir: Path):
+    with MediaServer(fallback=(media_dir / "earth.mp4").read_bytes(), handler=_Handler) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def server(http_server: MediaServer) -> str:
+    return http_server.url
 
 
 def _downloads_left(folder: Path) -> list[Path]:
@@ -87,7 +69,8 @@ def _cfg(tmp_path: Path, **kw) -> SourceConfig:
     return SourceConfig(**base)
 
 
-def test_http_outcomes_become_index_rows(server: str, tmp_path: Path) -> None:
+def test_http_outcomes_become_index_rows(server: str, http_server: MediaServer,
+                                         tmp_path: Path) -> None:
     names = ["ok", "missing", "stall", "big", "big_nolength", "notmedia", "flaky", "ftp"]
     urls = {n: f"{server}/{n}.mp4" for n in names}
     urls["ok"] = f"{server}/media/earth.mp4"
@@ -106,7 +89,7 @@ def test_http_outcomes_become_index_rows(server: str, tmp_path: Path) -> None:
     assert rows["ok"]["video_frames"] == 8 and rows["ok"]["has_audio"]
     assert "after 2 tries" in rows["stall"]["error"]
     assert "not allowed" in rows["ftp"]["error"]
-    assert _Handler.hits["/flaky.mp4"] == 2
+    assert http_server.hits["/flaky.mp4"] == 2
     assert _downloads_left(tmp_path / "dl") == []  # temporary downloads removed
 
 
@@ -139,14 +122,16 @@ def test_youtube_source_downloads_only_the_segment(server: str, tmp_path: Path) 
     assert err.value.status == "not_found"
 
 
-def test_url_template_downloads_per_clip(server: str, tmp_path: Path) -> None:
+def test_url_template_downloads_per_clip(server: str, http_server: MediaServer,
+                                         tmp_path: Path) -> None:
     spec = ClipSpec("abcdefghijk_30", "abcdefghijk", 30.0, 40.0, "youtube:abcdefghijk", [0])
     precut = fetch(spec, _cfg(tmp_path, url_template=server + "/media/{ytid}_{start}.mp4"))
     whole = fetch(spec, _cfg(tmp_path, url_template=server + "/media/{ytid}.mp4"))
     try:
         assert precut.uri == f"{server}/media/abcdefghijk_30.mp4"
         assert (precut.precut, whole.precut) == (True, False)  # a {start} URL is a segment
-        assert Path(precut.path).read_bytes() == Path(whole.path).read_bytes() == _Handler.media
+        body = http_server.fallback
+        assert Path(precut.path).read_bytes() == Path(whole.path).read_bytes() == body
     finally:
         precut.cleanup()
         whole.cleanup()
