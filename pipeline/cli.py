@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=float, default=None, metavar="SECONDS",
                    help="instead: clips/s of one worker downloading from a 127.0.0.1 server "
                    "that delays each request, prefetch off vs on, against zero latency")
-    p.add_argument("--latency-clips", type=int, default=32, help="clips per --latency run")
+    p.add_argument("--latency-clips", type=int, default=96,
+                   help="clips per --latency run (one shard: its fill costs one latency)")
     p.add_argument("--rounds", type=int, default=2, help="--latency: best of N rounds")
     p.add_argument("--downloads-in-flight", type=int, default=SourceConfig.downloads_in_flight,
                    help="prefetch depth of the --latency 'on' runs")

@@ -59,8 +59,8 @@ class SourceConfig:
     max_bytes: int = 512 * 1024 * 1024
     retries: int = 3
     backoff: float = 0.5                     # seconds, doubled per retry
-    downloads_in_flight: int = 8             # clips fetched ahead of the decoder (0: none)
-    max_per_host: int = 8                    # requests at once per host, all downloads (0: any)
+    downloads_in_flight: int = 16            # clips fetched ahead of the decoder (0: none)
+    max_per_host: int = 16                   # requests at once per host, all downloads (0: any)
     host_rate: float | None = None           # request starts per second per host (None: any)
     max_retry_after: float = 60.0            # longest Retry-After honoured, seconds
     allowed_schemes: tuple[str, ...] = ALLOWED_SCHEMES

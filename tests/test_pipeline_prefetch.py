@@ -320,7 +320,7 @@ def test_cli_flags_reach_the_source_config(tmp_path: Path) -> None:
 
     base = ["build", "--manifest", "m.csv", "--out", str(tmp_path / "s")]
     plain = _options(build_parser().parse_args(base)).source
-    assert (plain.downloads_in_flight, plain.max_per_host, plain.host_rate) == (8, 8, None)
+    assert (plain.downloads_in_flight, plain.max_per_host, plain.host_rate) == (16, 16, None)
     args = build_parser().parse_args(base + ["--downloads-in-flight", "0", "--max-per-host",
                                              "2", "--host-rate", "0.5"])
     src = _options(args).source
