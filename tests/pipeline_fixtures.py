@@ -48,6 +48,16 @@ def write_manifest(path: Path, media: Path) -> Path:
     return path
 
 
+def write_clip_manifest(path: Path, media: Path, names: list[tuple[str, str]]) -> Path:
+    """A manifest of (clip id, media file name) rows: 0-2 s, label "a", split train."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "uri", "start", "end", "labels", "split"])
+        for cid, name in names:
+            w.writerow([cid, str(media / name), 0, 2, "a", "train"])
+    return path
+
+
 def index_rows(store: str) -> list[dict]:
     table = open_store(store).index().select(COMPARE)
     return sorted(table.to_pylist(), key=lambda r: r["clip_id"])

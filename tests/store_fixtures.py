@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import io
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -109,3 +111,18 @@ def _decode_records(media_dir: Path, spec: StoreSpec) -> list[ClipRecord]:
     records.append(ClipRecord("broken", "bad", 5.0, 15.0, "/dev/null", "eval", [4],
                               status="decode_error", error="moov atom not found"))
     return records
+
+
+def kill_at_marker(proc: subprocess.Popen, marker: Path, timeout: float = 120.0) -> None:
+    """SIGKILL a writer subprocess the moment it creates ``marker`` (its hold point)."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"writer exited early: {proc.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("writer never reached the kill point")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL

@@ -10,14 +10,13 @@ ends with the same index rows and shard bytes as a clean build.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from pipeline_fixtures import COMPARE, SAMPLES
+from pipeline_fixtures import COMPARE, SAMPLES, write_clip_manifest
 
 from pipeline.cli import main
 from store import open_store
@@ -28,12 +27,7 @@ MISSING = ("later_a.mp4", "later_b.mp4", "later_c.mp4")
 
 def _manifest(path: Path, media: Path) -> Path:
     rows = [("ok_0", "earth.mp4")] + [(f"late_{i}", n) for i, n in enumerate(MISSING)]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "uri", "start", "end", "labels", "split"])
-        for cid, name in rows:
-            w.writerow([cid, str(media / name), 0, 2, "a", "train"])
-    return path
+    return write_clip_manifest(path, media, rows)
 
 
 def _build(manifest: Path, out: Path, *extra: str) -> int:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from store_fixtures import media_records
+from store_fixtures import kill_at_marker, media_records
 
 from store import StoreSpec, create_store, open_store
 from store.verify import verify_store
@@ -47,20 +45,6 @@ def _writer(store: Path, records: Path, shard: int, hold: str = "", marker: Path
                             stderr=subprocess.PIPE)
 
 
-def _kill_at(proc: subprocess.Popen, marker: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"writer exited early: {proc.stderr.read().decode()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("writer never reached the kill point")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
-    assert proc.returncode == -signal.SIGKILL
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
 def test_writer_killed_mid_shard_leaves_nothing_visible(backend, records_file, tmp_path):
@@ -69,7 +53,7 @@ def test_writer_killed_mid_shard_leaves_nothing_visible(backend, records_file, t
     # "data": killed with half the shard data on disk; "commit": data complete, no index part
     for phase, shard in (("data", 1), ("commit", 2)):
         marker = tmp_path / f"{phase}.pid"
-        _kill_at(_writer(store, records_file, shard, phase, marker), marker)
+        kill_at_marker(_writer(store, records_file, shard, phase, marker), marker)
     assert any((store / "shards").iterdir()), "the killed writers did leave partial files"
     reader = open_store(str(store))
     assert len(reader) == 0 and reader.shard_ids() == []
@@ -91,7 +75,7 @@ def test_writer_killed_after_commit_keeps_the_new_shard(records_file, tmp_path):
     records = pickle.loads(records_file.read_bytes())
     first = create_store(str(store), StoreSpec()).write_shard(4, records[:3])
     marker = tmp_path / "cleanup.pid"
-    _kill_at(_writer(store, records_file, 4, "cleanup", marker), marker)
+    kill_at_marker(_writer(store, records_file, 4, "cleanup", marker), marker)
     reader = open_store(str(store))
     assert reader.index()["clip_id"].to_pylist() == [r.clip_id for r in records]
     report = verify_store(str(store), progress=False)

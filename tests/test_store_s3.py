@@ -8,18 +8,17 @@ once per epoch. The store conformance suite itself runs on S3 too
 
 from __future__ import annotations
 
-import csv
 import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from loader_fixtures import any_store  # noqa: F401
+from pipeline_fixtures import write_clip_manifest
 from s3_fixtures import new_bucket, s3_bucket, s3_env, s3_server  # noqa: F401
-from store_fixtures import media_records
+from store_fixtures import kill_at_marker, media_records
 from test_store_conformance import _ok
 
 from store import StoreConflict, StoreSpec, create_store, open_store, open_writer
@@ -61,17 +60,6 @@ def _writer(url: str, records_file: Path, shard: int, endpoint: str, hold: str =
                             stderr=subprocess.PIPE)
 
 
-def _kill_at(proc: subprocess.Popen, marker: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"writer exited early: {proc.stderr.read().decode()}")
-        assert time.monotonic() < deadline, "writer never reached the kill point"
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(30)
-
-
 def _contents(url: str) -> dict[str, tuple]:
     s = open_store(url)
     rows = s.index().drop_columns(["shard_file"]).to_pylist()
@@ -96,7 +84,7 @@ def test_writer_killed_mid_shard_on_s3(backend, records, s3_server, tmp_path):  
     create_store(url, spec)
     for phase in ("data", "commit"):
         marker = tmp_path / f"{phase}.pid"
-        _kill_at(_writer(url, records_file, 3, s3_server, phase, marker), marker)
+        kill_at_marker(_writer(url, records_file, 3, s3_server, phase, marker), marker)
     assert _s3fs().find(f"{url}/shards"), "the killed writers did upload data objects"
     reader = open_store(url)
     assert len(reader) == 0 and reader.shard_ids() == []
@@ -151,15 +139,6 @@ def test_manifest_claim_on_s3(records, s3_bucket):  # noqa: F811
     assert writer.committed_shards() == set()
 
 
-def _manifest(path: Path, media: Path, names) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "uri", "start", "end", "labels", "split"])
-        for cid, name in names:
-            w.writerow([cid, str(media / name), 0, 2, "a", "train"])
-    return path
-
-
 def _build(manifest: Path, out: str, endpoint: str, *extra: str) -> subprocess.CompletedProcess:
     """`pipeline build --out s3://...` as a user runs it: only AWS_* variables set."""
     cmd = [sys.executable, "-c", "import sys; from pipeline.cli import main; "
@@ -182,7 +161,7 @@ def test_pipeline_build_resume_and_retry_failed_on_s3(s3_server, tmp_path):  # n
     media.mkdir()
     shutil.copy(SAMPLES / "earth.mp4", media / "earth.mp4")
     names = [("e0", "earth.mp4"), ("late", "later.mp4"), ("e1", "earth.mp4")]
-    manifest = _manifest(tmp_path / "m.csv", media, names)
+    manifest = write_clip_manifest(tmp_path / "m.csv", media, names)
     bucket = f"s3://{new_bucket(s3_server)}"
     out = f"{bucket}/store"
     done = _build(manifest, out, s3_server)
