@@ -146,7 +146,7 @@ def test_a_host_that_always_says_429_fails_within_the_deadline(tmp_path: Path) -
         t0 = time.monotonic()
         with pytest.raises(FetchError) as err:
             fetch(_earth("e", url), _cfg(tmp_path, deadline=3.0))
-        assert time.monotonic() - t0 < 3.0
+        assert time.monotonic() - t0 < 3.0 + SLACK_S  # refused at once, not 30 s later
         assert err.value.reason == (f"HTTP 429 for {url} (Retry-After 30 s) (after 1 tries; "
                                     "waiting 30 s more would pass the 3-s deadline)")
     assert _left(tmp_path) == []
