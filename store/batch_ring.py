@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
 from torch.utils.data._utils.collate import collate as torch_collate
 from torch.utils.data._utils.collate import collate_tensor_fn, default_collate_fn_map
 from torch.utils.data._utils.pin_memory import pin_memory as pin_tree
@@ -149,7 +149,7 @@ class SlotCollate:
         self._made = 0  # batches sent by this worker
 
     def __call__(self, samples: list[dict[str, Any]]) -> SlotBatch | dict[str, Any]:
-        if torch.utils.data.get_worker_info() is None:
+        if get_worker_info() is None:
             return collate(samples)
         if self._pid != os.getpid():
             self._start()
@@ -287,7 +287,7 @@ class RingLoader:
         self.pin_memory = bool(pin_memory) and accelerator_available()
         if self.num_workers == 0:
             self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=0,
-                                     collate_fn=collate, pin_memory=pin_memory, **loader_kw)
+                                     collate_fn=collate, pin_memory=self.pin_memory, **loader_kw)
             return
         prefetch = 2 if prefetch_factor is None else int(prefetch_factor)
         self.slots = slots_for(prefetch)
