@@ -104,13 +104,13 @@ class _Arena:
         self.storage, self.used = storage, 0
 
     def take(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor | None:
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        """A new tensor in the slot's free space (None when it does not fit)."""
+        nbytes = math.prod(shape) * dtype.itemsize
         start = -(-self.used // ALIGN) * ALIGN
         if start + nbytes > self.storage.nbytes():
             return None
         self.used = start + nbytes
-        item = torch.empty((), dtype=dtype).element_size()
-        return torch.empty(0, dtype=dtype).set_(self.storage, start // item, shape)
+        return _view(self.storage, InSlot(start, dtype, shape))
 
     def place(self, t: torch.Tensor) -> InSlot | torch.Tensor:
         """``t``'s place in the slot (copied there unless it already is), or ``t`` itself
@@ -125,7 +125,13 @@ class _Arena:
         if out is None:
             return t
         out.copy_(t)
-        return InSlot(out.storage_offset() * out.element_size(), t.dtype, tuple(t.shape))
+        return InSlot(out.storage_offset() * t.dtype.itemsize, t.dtype, tuple(t.shape))
+
+
+def _view(storage: torch.UntypedStorage, place: InSlot) -> torch.Tensor:
+    """The tensor at ``place`` in ``storage`` (no copy)."""
+    return torch.empty(0, dtype=place.dtype).set_(
+        storage, place.offset // place.dtype.itemsize, place.shape)
 
 
 class SlotCollate:
@@ -158,15 +164,18 @@ class SlotCollate:
         ragged = {key: [s.pop(key) for s in samples] for key in RAGGED_KEYS if key in samples[0]}
 
         def stack(batch: list[torch.Tensor], *, collate_fn_map: Any = None) -> torch.Tensor:
-            out = arena.take(batch[0].dtype, (len(batch), *batch[0].shape))
-            if out is None or batch[0].device.type != "cpu" or batch[0].is_nested:
+            elem = batch[0]
+            out = None
+            if elem.device.type == "cpu" and elem.layout == torch.strided and not elem.is_nested:
+                out = arena.take(elem.dtype, (len(batch), *elem.shape))
+            if out is None:
                 return collate_tensor_fn(batch)  # torch's way (fresh shared memory)
             return torch.stack(batch, 0, out=out)
 
         batch = torch_collate(samples, collate_fn_map={**default_collate_fn_map,
                                                        torch.Tensor: stack})
         batch.update(ragged)
-        msg = SlotBatch(self._worker, k, _map_tensors(batch, arena.place))
+        msg = SlotBatch(self._worker, k, _tree_map(batch, torch.Tensor, arena.place))
         if self._unsent[k]:
             msg.storage, self._unsent[k] = self._storages[k], False
         if not self._sent_counter:
@@ -198,28 +207,17 @@ class SlotCollate:
         return True
 
 
-def _map_tensors(obj: Any, fn: Any) -> Any:
-    """``obj`` with every tensor t (in dicts, lists, tuples) replaced by fn(t)."""
-    if isinstance(obj, torch.Tensor):
+def _tree_map(obj: Any, leaf: type | tuple[type, ...], fn: Any) -> Any:
+    """``obj`` with every ``leaf`` x in its dicts, lists and tuples replaced by fn(x)."""
+    if isinstance(obj, leaf):
         return fn(obj)
     if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+        return {k: _tree_map(v, leaf, fn) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_map_tensors(v, fn) for v in obj]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_map_tensors(v, fn) for v in obj)
-    return obj
-
-
-def _map_places(obj: Any, fn: Any) -> Any:
-    if isinstance(obj, InSlot):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: _map_places(v, fn) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_map_places(v, fn) for v in obj]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_map_places(v, fn) for v in obj)
+        return [_tree_map(v, leaf, fn) for v in obj]
+    if isinstance(obj, tuple):
+        items = [_tree_map(v, leaf, fn) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
     return obj
 
 
@@ -246,13 +244,10 @@ class BatchRing:
         storage = self.storages[key]
 
         def copy_out(place: InSlot) -> torch.Tensor:
-            item = torch.empty((), dtype=place.dtype).element_size()
-            src = torch.empty(0, dtype=place.dtype).set_(storage, place.offset // item,
-                                                          place.shape)
-            return torch.empty(place.shape, dtype=place.dtype,
-                               pin_memory=self.pin_memory).copy_(src)
+            out = torch.empty(place.shape, dtype=place.dtype, pin_memory=self.pin_memory)
+            return out.copy_(_view(storage, place))
 
-        batch = _map_places(msg.tree, copy_out)
+        batch = _tree_map(msg.tree, InSlot, copy_out)
         # the copies are complete (copy_ is synchronous) before the worker may reuse the slot
         self.released[msg.worker].add_(1)
         if self.pin_memory:
@@ -283,6 +278,8 @@ class RingLoader:
                              "DataLoader for another collate_fn")
         if loader_kw.get("in_order") is False:
             raise ValueError("the batch ring needs in-order delivery (in_order=True)")
+        if batch_size is None:
+            raise ValueError("the batch ring collates batches: give a batch_size or sampler")
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory) and accelerator_available()
         if self.num_workers == 0:
