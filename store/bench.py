@@ -23,10 +23,11 @@ shared-memory slots, ``pin_memory`` active only where an accelerator exists), ag
 DataLoader (the project's collate, fresh shared memory per batch) as the baseline.
 
 Without --store, a small store (and the baseline files) is built in a temp dir from the
-shared media (earth.mp4, bigbuckbunny.mp4; time-shifted 10-s windows, 8 clips so two
-workers get equal shares). The baseline files always come from the store's own clips, so
-both sides read the same content. Prints the rates, the ratios (target >= 2.5x) and the
-CPU time per sample.
+shared media (earth.mp4, bigbuckbunny.mp4; 8 time-shifted 10-s windows, repeated to a
+multiple of workers x batch size so that every DataLoader worker gets an equal share of
+each epoch: StreamingDataset deals an epoch's batches round-robin). The baseline files
+always come from the store's own clips, so both sides read the same content. Prints the
+rates, the ratios (target >= 2.5x) and the CPU time per sample.
 """
 
 from __future__ import annotations
@@ -251,6 +252,7 @@ def run_bench(
         if store is None:
             plan = [(m, float(s)) for m in AV_MEDIA for s in range(0, 19, 3)
                     if m == "earth.mp4" or s == 0]
+            plan = plan * -(-max(1, workers) * batch_size // len(plan))
             log(f"building a {len(plan)}-clip store from {media_dir} ...")
             store = build_sample_store(Path(tmp) / "store", media_dir, "zarr", plan, shards=2)
         st = open_store(store)
