@@ -191,7 +191,7 @@ class SlotCollate:
             storage = None  # still in use by the main process: never overwrite it
         if storage is None or storage.nbytes() < nbytes:
             size = -(-nbytes // 4096) * 4096
-            storage = torch.UntypedStorage._new_shared(size)
+            storage = torch.empty(size, dtype=torch.uint8).share_memory_().untyped_storage()
             self._storages[k], self._unsent[k] = storage, True
         return storage
 

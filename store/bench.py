@@ -217,9 +217,10 @@ def loader_rate(ds: Any, workers: int, batch_size: int, samples: int,
             elif t0 is not None and done >= samples:
                 break
         wall, c1 = time.perf_counter() - t0, _cpu_s(pids)
+        mapped = float(loader.ring.mapped) if ring else -1.0  # slot storages mapped in all
         del it, loader
     res = {"samples_per_s": done / wall, "cpu_ms": -1.0, "main_cpu_ms": -1.0,
-           "pinned": float(pinned)}
+           "pinned": float(pinned), "slots_mapped": mapped}
     if c0 is not None and c1 is not None:
         res["cpu_ms"] = 1000 * (sum(c1) - sum(c0)) / done
         res["main_cpu_ms"] = 1000 * (c1[0] - c0[0]) / done
@@ -338,7 +339,7 @@ def _report(res: dict[str, float], log: Callable[[str], Any], decode: str, threa
         log(f"  loader   : {res['loader_samples_per_s']:8.1f} samples/s, the trainer's loader "
             f"(batch ring) with {n} workers, batch {batch_size}, {pinned}; {n} x per-worker "
             f"= {n * res['store_samples_per_s']:.1f}/s -> {res['loader_efficiency']:.2f}x "
-            f"(target >= 0.9x)")
+            f"(target >= 0.9x); {int(res['loader_slots_mapped'])} slots mapped in all")
         log(f"  plain    : {res['loader_plain_samples_per_s']:8.1f} samples/s, a plain torch "
             f"DataLoader (fresh shared memory per batch) -> {res['loader_plain_efficiency']:.2f}"
             f"x; the ring is {res['loader_samples_per_s'] / res['loader_plain_samples_per_s']:.2f}"
