@@ -193,3 +193,36 @@ def test_pin_memory_pins_only_with_an_accelerator() -> None:
     pinned = batch_ring.accelerator_available()
     assert all(b["video"].is_pinned() == pinned for b in batches)
     assert all(b["jpeg"][0][0].is_pinned() == pinned for b in batches)
+
+
+@pytest.mark.parametrize("kind", ["map", "stream"])
+def test_the_trainer_loaders_go_through_the_ring(zarr_store: str, kind: str) -> None:  # noqa: F811
+    """train.data.build_loader with 2 workers: batches come through the ring (copies, not
+    shared memory as from a plain DataLoader's workers) and equal the
+    0-worker batches (the sequence is a pure function of the seed); the resume point after
+    two batches is the same too."""
+    from omegaconf import OmegaConf
+
+    from store import open_store
+    from train.config import Config
+    from train.data import build_loader
+
+    cfg = OmegaConf.structured(Config)
+    cfg.data.store, cfg.data.batch_size, cfg.data.loader = zarr_store, 3, kind
+    cfg.model.inputs = ["audio", "video"]
+    store = open_store(zarr_store)
+    runs = {}
+    for workers in (0, 2):
+        cfg.data.num_workers = workers
+        loader = build_loader(cfg, store, 0, 1, None)
+        loader.set_epoch(1)
+        batches = []
+        for batch in loader:
+            batches.append(batch)
+            if len(batches) == 2:
+                state = loader.state_dict()
+        runs[workers] = (batches, state)
+        # a plain DataLoader's worker batches live in shared memory; the ring's are copies
+        assert not any(b["video"].is_shared() for b in batches)
+    assert_same_batches(runs[0][0], runs[2][0])
+    assert runs[0][1] == runs[2][1] and runs[2][1]["consumed"] == 6
