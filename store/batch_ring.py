@@ -248,7 +248,9 @@ class BatchRing:
             return out.copy_(_view(storage, place))
 
         batch = _tree_map(msg.tree, InSlot, copy_out)
-        # the copies are complete (copy_ is synchronous) before the worker may reuse the slot
+        # the copies are complete before the worker may reuse the slot: copy_ is synchronous,
+        # and freeing the temporary slot views (an acq_rel atomic in c10) orders its loads
+        # before the counter's store on weakly ordered CPUs too
         self.released[msg.worker].add_(1)
         if self.pin_memory:
             batch = pin_tree(batch)  # what did not fit in the slot, as torch's pin thread would
@@ -282,6 +284,9 @@ class RingLoader:
             raise ValueError("the batch ring collates batches: give a batch_size or sampler")
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory) and accelerator_available()
+        # persistent workers keep their slots across iterations, so the ring stays too
+        self.persistent = bool(loader_kw.get("persistent_workers"))
+        self.ring: BatchRing | None = None  # the current iteration's (None without workers)
         if self.num_workers == 0:
             self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=0,
                                      collate_fn=collate, pin_memory=self.pin_memory, **loader_kw)
@@ -291,9 +296,6 @@ class RingLoader:
         self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
                                  collate_fn=SlotCollate(self.slots), pin_memory=False,
                                  prefetch_factor=prefetch, **loader_kw)
-        # persistent workers keep their slots across iterations, so the ring stays too
-        self.persistent = bool(loader_kw.get("persistent_workers"))
-        self.ring: BatchRing | None = None  # the current iteration's (tests look at it)
 
     def __len__(self) -> int:
         return len(self.loader)
