@@ -226,3 +226,10 @@ def test_the_trainer_loaders_go_through_the_ring(zarr_store: str, kind: str) -> 
         assert not any(b["video"].is_shared() for b in batches)
     assert_same_batches(runs[0][0], runs[2][0])
     assert runs[0][1] == runs[2][1] and runs[2][1]["consumed"] == 6
+
+
+def test_persistent_workers_keep_their_slots_across_epochs() -> None:
+    loader = RingLoader(Growing(30), batch_size=4, num_workers=2, persistent_workers=True)
+    first, second = list(loader), list(loader)
+    assert_same_batches(first, second)
+    assert loader.ring.mapped == 2 * slots_for(2)  # the second epoch mapped nothing new
