@@ -4,9 +4,9 @@ forkserver (pipeline/engines.py ``TASK_PRELOAD``), inherited by every task it fo
 Without it each shard task paid its own lazy imports (zarr, h5py, PIL's plugins,
 imageio-ffmpeg) plus pyarrow's pandas probe: ~2.3 s per task on the 2-core dev box, more
 than a small shard's work (`pipeline bench --startup` prints the ratio). A task needs no
-torch (store.fbank is NumPy): ``import torch`` alone would cost 1.5-2 s here and ~300 MB
-per process. BLAS is kept to one thread per task process (one process per worker core), as
-``torch.set_num_threads(1)`` did for the torch fbank."""
+torch (store.fbank is NumPy): ``import torch`` alone would cost 1.5-2 s here and take a
+task process from 125 to 659 MB resident. BLAS is kept to one thread per task process (one
+process per worker core), as ``torch.set_num_threads(1)`` did for the torch fbank."""
 
 from __future__ import annotations
 
