@@ -49,7 +49,7 @@ def audio_features(audio: np.ndarray | None, spec: StoreSpec
     window = int(spec.sample_rate * float(spec.fbank["frame_length_ms"]) / 1000.0)
     if audio is None or len(audio) < window:
         return empty_fbank(spec), 0, None
-    from store.fbank import compute_fbank  # torch: imported by the workers, not the driver
+    from store.fbank import compute_fbank  # NumPy only
 
     fbank, n = compute_fbank(audio, spec)
     wav = None

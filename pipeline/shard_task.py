@@ -133,9 +133,6 @@ def _copied_ok_records(store_path: str, shard_id: int, index: Any
 
 def process_shard(job: ShardJob) -> dict[str, Any]:
     """Process and commit one shard; returns the writer's summary plus status counts."""
-    import torch
-
-    torch.set_num_threads(1)
     t0, ru0 = time.perf_counter(), _cpu()
     if job.source.download_dir:
         sweep(job.source.download_dir)  # a killed worker's temporary downloads

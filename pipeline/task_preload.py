@@ -1,14 +1,21 @@
 """What a local-engine task process has loaded before it starts: imported once by the
 forkserver (pipeline/engines.py ``TASK_PRELOAD``), inherited by every task it forks.
 
-Without it each shard task paid its own lazy imports (zarr, h5py, torchaudio's Kaldi
-fbank, PIL's plugins, imageio-ffmpeg) plus pyarrow's pandas probe: ~2.3 s per task on the
-2-core dev box, more than a small shard's work (`pipeline bench --startup` prints the
-ratio). torch itself is imported here too: the workers need it, the driver does not."""
+Without it each shard task paid its own lazy imports (zarr, h5py, PIL's plugins,
+imageio-ffmpeg) plus pyarrow's pandas probe: ~2.3 s per task on the 2-core dev box, more
+than a small shard's work (`pipeline bench --startup` prints the ratio). A task needs no
+torch (store.fbank is NumPy): ``import torch`` alone would cost 1.5-2 s here and take a
+task process from 125 to 659 MB resident. BLAS is kept to one thread per task process (one
+process per worker core), as ``torch.set_num_threads(1)`` did for the torch fbank."""
 
 from __future__ import annotations
 
-from store.arrow_without_pandas import skip_pyarrow_pandas_probe
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before numpy loads its BLAS
+
+from store.arrow_without_pandas import skip_pyarrow_pandas_probe  # noqa: E402
 
 skip_pyarrow_pandas_probe()
 
@@ -16,8 +23,6 @@ import importlib.resources.readers  # noqa: E402,F401  (imageio_ffmpeg's lookup)
 
 import h5py  # noqa: E402,F401  (the lazily imported store backends)
 import imageio_ffmpeg.binaries  # noqa: E402,F401  (pipeline.ffmpeg_bin's default binary)
-import torch  # noqa: E402,F401
-import torchaudio.compliance.kaldi  # noqa: E402,F401  (store.fbank's fbank)
 import zarr  # noqa: E402,F401
 from PIL import Image  # noqa: E402  (pipeline.features' JPEG encoder)
 

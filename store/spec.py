@@ -82,7 +82,8 @@ def default_audio() -> dict[str, Any]:
     return {
         "resampler": "ffmpeg -ac 1 -ar 16000 -f f32le (libswresample, ffmpeg defaults)",
         "mean_removed": True,
-        "fbank_call": "torchaudio.compliance.kaldi.fbank(wave - wave.mean(), "
+        "fbank_call": "store/fbank.py's NumPy re-derivation of "
+                      "torchaudio.compliance.kaldi.fbank(wave - wave.mean(), "
                       "htk_compat=True, sample_frequency=16000, use_energy=False, "
                       "window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10, "
                       "frame_length=25, remove_dc_offset=True, preemphasis_coefficient=0.97)"

@@ -49,6 +49,33 @@ def test_metadata_commands_do_not_import_torch(pipeline_setup: PipelineSetup  # 
     assert _imports("verify", "--quiet", store, module="store.cli") == (False, False)
 
 
+def test_a_shard_task_runs_without_torch(tmp_path: Path) -> None:
+    """A task process (forkserver preload + process_shard on real clips with audio and
+    video) never imports torch: the fbank is NumPy, JPEGs are PIL's."""
+    code = f"""
+import sys
+import pipeline.task_preload
+from pipeline.manifest import ClipSpec
+from pipeline.shard_task import ShardJob, process_shard
+from store import StoreSpec, create_store
+assert "torch" not in sys.modules, "the preload imported torch"
+root = {str(tmp_path / "store")!r}
+create_store(root, StoreSpec(), None)
+clips = [ClipSpec("e", "e", 0.0, 3.0, {str(SAMPLES / "earth.mp4")!r}, [0]),
+         ClipSpec("h", "h", 0.0, 3.0, {str(SAMPLES / "house_lo.ogg")!r}, [0])]
+summary = process_shard(ShardJob(root, 0, clips))
+print("TORCH", "torch" in sys.modules, summary["statuses"])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("TORCH")][-1]
+    assert line.startswith("TORCH False") and "'ok': 2" in line, line
+    store = open_store(str(tmp_path / "store"))
+    earth, house = store.get("e"), store.get("h")
+    assert earth.has_video and house.has_audio and house.audio_frames > 200
+
+
 def test_arrow_still_converts_pandas_after_the_skipped_probe() -> None:
     code = ("from store.arrow_without_pandas import skip_pyarrow_pandas_probe as s; s()\n"
             "import sys, pyarrow as pa; pa.table({'a': [1]}).group_by('a')"
