@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from eval.checks import (
@@ -45,8 +45,8 @@ from eval.forward import score_batch
 from eval.metrics import is_single_label
 from eval.views import inference_setup
 from store.atomic import atomic_write, atomic_write_text
+from store.batch_ring import RingLoader
 from store.datasets import ClipDataset, select_clips
-from store.jpeg import collate
 from store.reader import Store, open_store
 
 PREDICTIONS = "predictions.parquet"
@@ -231,8 +231,8 @@ def run_inference(opts: RunOptions) -> dict[str, Any]:
                disable=not opts.progress or rank != 0, dynamic_ncols=True)
     for k in todo:
         items = list(range(k * opts.part_size, min((k + 1) * opts.part_size, len(clip_ids))))
-        loader = DataLoader(Subset(dataset, items), batch_size=opts.batch_size, shuffle=False,
-                            num_workers=opts.num_workers, collate_fn=collate)
+        loader = RingLoader(Subset(dataset, items), batch_size=opts.batch_size, shuffle=False,
+                            num_workers=opts.num_workers)  # reused shared-memory slots
         scores = []
         for batch in loader:
             batch = setup.view.to_device(batch, device)  # GPU decode / uint8 normalisation

@@ -16,15 +16,18 @@ with one torch thread, i.e. what one DataLoader worker does:
   is computed on the fly with torchaudio, frames are opened with PIL and transformed with
   torchvision's RandomResizedCrop / flip / ToTensor / Normalize per frame.
 
-Then the DataLoader-level figure: the uint8 store view behind a torch DataLoader with
-``--workers`` worker processes, the project's collate and ``pin_memory`` (active only where
-an accelerator exists), against ``workers`` x the per-worker rate (target >= 0.9x).
+Then the DataLoader-level figure: the uint8 store view behind the loader the trainer uses
+(store.batch_ring.RingLoader: ``--workers`` worker processes collating into reused
+shared-memory slots, ``pin_memory`` active only where an accelerator exists), against
+``workers`` x the per-worker rate (target >= 0.9x), and in the same run a plain torch
+DataLoader (the project's collate, fresh shared memory per batch) as the baseline.
 
 Without --store, a small store (and the baseline files) is built in a temp dir from the
-shared media (earth.mp4, bigbuckbunny.mp4; time-shifted 10-s windows, 8 clips so two
-workers get equal shares). The baseline files always come from the store's own clips, so
-both sides read the same content. Prints the rates, the ratios (target >= 2.5x) and the
-CPU time per sample.
+shared media (earth.mp4, bigbuckbunny.mp4; 8 time-shifted 10-s windows, repeated to a
+multiple of workers x batch size so that every DataLoader worker gets an equal share of
+each epoch: StreamingDataset deals an epoch's batches round-robin). The baseline files
+always come from the store's own clips, so both sides read the same content. Prints the
+rates, the ratios (target >= 2.5x) and the CPU time per sample.
 """
 
 from __future__ import annotations
@@ -168,25 +171,31 @@ class _Epochs(torch.utils.data.IterableDataset):
             yield from self.ds  # deals this epoch's batches to the workers round-robin
 
 
-def _cpu_s(pids: list[int]) -> float | None:
-    """CPU seconds (user + system) so far of live processes, from /proc (None elsewhere)."""
-    total = 0.0
+def _cpu_s(pids: list[int]) -> list[float] | None:
+    """CPU seconds (user + system) so far of each live process, from /proc (None elsewhere)."""
     try:
+        out = []
         for pid in pids:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            out.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return None
-    return total
+    return out
 
 
-def loader_rate(ds: Any, workers: int, batch_size: int, samples: int) -> dict[str, float]:
-    """A DataLoader over ``ds``: ``workers`` processes, the store's collate, pin_memory.
-    Timed from the first batch of every worker on (start-up excluded). Returns samples/s,
-    CPU ms per sample of the workers and this process together (-1 where /proc is missing)
-    and whether batches came pinned."""
+def loader_rate(ds: Any, workers: int, batch_size: int, samples: int,
+                ring: bool = True) -> dict[str, float]:
+    """``ds`` behind the loader the trainer uses (``ring``: store.batch_ring.RingLoader, as
+    ResumableLoader and the map loader build it) or a plain torch DataLoader: ``workers``
+    processes, the store's collate, pin_memory (active only with an accelerator). Timed from
+    the first batch of every worker on (start-up excluded). Returns samples/s, CPU ms per
+    sample of the workers and this process together and of this process alone (-1 where
+    /proc is missing) and whether batches came pinned."""
+    import multiprocessing as mp
+
     from torch.utils.data import DataLoader
 
+    from store.batch_ring import RingLoader
     from store.jpeg import collate
 
     ds.batch_size = batch_size  # StreamingDataset deals batches of the DataLoader's size
@@ -194,22 +203,28 @@ def loader_rate(ds: Any, workers: int, batch_size: int, samples: int) -> dict[st
     epochs = -(-(samples + warm) // len(ds.positions)) + 1
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pin_memory.*")  # no accelerator here
-        loader = DataLoader(_Epochs(ds, epochs), batch_size=batch_size, num_workers=workers,
-                            collate_fn=collate, pin_memory=True)
+        kw = {"batch_size": batch_size, "num_workers": workers, "pin_memory": True}
+        loader: Any = (RingLoader(_Epochs(ds, epochs), **kw) if ring else
+                       DataLoader(_Epochs(ds, epochs), collate_fn=collate, **kw))
         it = iter(loader)
-        pids = [os.getpid(), *(w.pid for w in getattr(it, "_workers", []))]
-        done, t0, c0, pinned = 0, None, None, False
+        done, t0, c0, pinned, pids = 0, None, None, False, [os.getpid()]
         for batch in it:
             done += len(batch["index"])
             if t0 is None and done >= warm:
+                pids += [p.pid for p in mp.active_children()]  # the DataLoader's workers
                 t0, c0, done = time.perf_counter(), _cpu_s(pids), 0
                 pinned = bool(batch["video"].is_pinned())
             elif t0 is not None and done >= samples:
                 break
         wall, c1 = time.perf_counter() - t0, _cpu_s(pids)
+        mapped = float(loader.ring.mapped) if ring else -1.0  # slot storages mapped in all
         del it, loader
-    cpu_ms = 1000 * (c1 - c0) / done if c0 is not None and c1 is not None else -1.0
-    return {"samples_per_s": done / wall, "cpu_ms": cpu_ms, "pinned": float(pinned)}
+    res = {"samples_per_s": done / wall, "cpu_ms": -1.0, "main_cpu_ms": -1.0,
+           "pinned": float(pinned), "slots_mapped": mapped}
+    if c0 is not None and c1 is not None:
+        res["cpu_ms"] = 1000 * (sum(c1) - sum(c0)) / done
+        res["main_cpu_ms"] = 1000 * (c1[0] - c0[0]) / done
+    return res
 
 
 def run_bench(
@@ -238,6 +253,7 @@ def run_bench(
         if store is None:
             plan = [(m, float(s)) for m in AV_MEDIA for s in range(0, 19, 3)
                     if m == "earth.mp4" or s == 0]
+            plan = plan * -(-max(1, workers) * batch_size // len(plan))
             log(f"building a {len(plan)}-clip store from {media_dir} ...")
             store = build_sample_store(Path(tmp) / "store", media_dir, "zarr", plan, shards=2)
         st = open_store(store)
@@ -279,17 +295,22 @@ def run_bench(
             res[f"{name}_samples_per_s"] = samples / best[name][0]
             res[f"{name}_cpu_ms"] = 1000 * best[name][1] / samples
         if workers > 0:
-            got: dict[str, list[dict[str, float]]] = {"uint8": [], "float": []}
-            for _ in range(max(1, rounds - 1)):  # interleaved, best of each
-                for pixels in got:
-                    got[pixels].append(
-                        loader_rate(dataset(pixels), workers, batch_size, 2 * samples))
-            for pixels, prefix in (("uint8", "loader"), ("float", "loader_float")):
-                top = max(got[pixels], key=lambda x: x["samples_per_s"])
-                res.update({f"{prefix}_{k}": v for k, v in top.items()})
+            variants = {"loader": ("uint8", True), "loader_plain": ("uint8", False),
+                        "loader_float": ("float", True)}
+            got: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+            for r in range(max(1, rounds - 1)):  # interleaved, best of each
+                for name, (pixels, ring) in variants.items():
+                    got[name].append(loader_rate(dataset(pixels), workers, batch_size,
+                                                 2 * samples, ring=ring))
+                log(f"loader round {r + 1}/{max(1, rounds - 1)}: " + ", ".join(
+                    f"{name} {got[name][-1]['samples_per_s']:.1f}/s" for name in variants))
+            for name in variants:
+                top = max(got[name], key=lambda x: x["samples_per_s"])
+                res.update({f"{name}_{k}": v for k, v in top.items()})
             res["loader_workers"] = workers
-            res["loader_efficiency"] = res["loader_samples_per_s"] / (
-                workers * res["store_samples_per_s"])
+            for name in ("loader", "loader_plain"):
+                res[f"{name}_efficiency"] = res[f"{name}_samples_per_s"] / (
+                    workers * res["store_samples_per_s"])
     res["ratio"] = res["store_samples_per_s"] / res["baseline_samples_per_s"]
     res["ratio_float"] = res["store_float_samples_per_s"] / res["baseline_samples_per_s"]
     res["ratio_paired_median"] = float(np.median(paired))
@@ -315,15 +336,21 @@ def _report(res: dict[str, float], log: Callable[[str], Any], decode: str, threa
     if "loader_samples_per_s" in res:
         n = int(res["loader_workers"])
         pinned = "pinned" if res["loader_pinned"] else "pin_memory inactive (no accelerator)"
-        log(f"  loader   : {res['loader_samples_per_s']:8.1f} samples/s, DataLoader with {n} "
-            f"workers, batch {batch_size}, collate, {pinned}; {n} x per-worker = "
-            f"{n * res['store_samples_per_s']:.1f}/s -> {res['loader_efficiency']:.2f}x "
-            f"(target >= 0.9x)")
+        log(f"  loader   : {res['loader_samples_per_s']:8.1f} samples/s, the trainer's loader "
+            f"(batch ring) with {n} workers, batch {batch_size}, {pinned}; {n} x per-worker "
+            f"= {n * res['store_samples_per_s']:.1f}/s -> {res['loader_efficiency']:.2f}x "
+            f"(target >= 0.9x); {int(res['loader_slots_mapped'])} slots mapped in all")
+        log(f"  plain    : {res['loader_plain_samples_per_s']:8.1f} samples/s, a plain torch "
+            f"DataLoader (fresh shared memory per batch) -> {res['loader_plain_efficiency']:.2f}"
+            f"x; the ring is {res['loader_samples_per_s'] / res['loader_plain_samples_per_s']:.2f}"
+            "x faster")
         if res["loader_cpu_ms"] > 0:
-            log(f"             CPU {res['loader_cpu_ms']:6.1f} ms/sample, workers + main "
-                f"process together (1 worker alone: {res['store_cpu_ms']:.1f})")
+            for label, name in (("ring", "loader"), ("plain", "loader_plain")):
+                log(f"             CPU {label:5s} {res[f'{name}_cpu_ms']:5.1f} ms/sample, workers "
+                    f"+ main process (main alone {res[f'{name}_main_cpu_ms']:.2f}; 1 worker "
+                    f"alone: {res['store_cpu_ms']:.1f})")
         f32 = res["loader_float_samples_per_s"]
-        log(f"  loader32 : {f32:8.1f} samples/s, the same with float32 video out (uint8 is "
+        log(f"  loader32 : {f32:8.1f} samples/s, the ring with float32 video out (uint8 is "
             f"{res['loader_samples_per_s'] / f32:.2f}x; CPU {res['loader_float_cpu_ms']:.1f} "
             "ms/sample)")
 

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from store.backends.fs import is_local
+from store.batch_ring import RingLoader
 from store.errors import StoreError
 from store.jpeg import collate
 from store.reader import Store, open_store
@@ -378,7 +379,12 @@ class StreamingDataset(_ClipSource, IterableDataset):
 
 class ResumableLoader:
     """A torch DataLoader over a StreamingDataset that counts what the trainer consumed,
-    so ``state_dict()`` can be saved in a checkpoint and a run resumes on the next sample."""
+    so ``state_dict()`` can be saved in a checkpoint and a run resumes on the next sample.
+
+    With workers, batches come through reused shared-memory slots (store.batch_ring:
+    the DataLoader-level rate is then close to workers x the per-worker rate; FORMAT.md
+    "Loader throughput"); ``pin_memory`` pins the copies the trainer receives. A custom
+    ``collate_fn`` gets a plain DataLoader."""
 
     def __init__(
         self, dataset: StreamingDataset, batch_size: int, num_workers: int = 0, **loader_kw: Any
@@ -389,10 +395,14 @@ class ResumableLoader:
             raise ValueError("in_order=False would make the resume point inexact")
         dataset.batch_size = int(batch_size)
         self.dataset = dataset
-        loader_kw.setdefault("collate_fn", collate)
-        self.loader = DataLoader(
-            dataset, batch_size=batch_size, num_workers=num_workers, **loader_kw
-        )
+        if loader_kw.get("collate_fn", collate) is collate:
+            self.loader: Any = RingLoader(
+                dataset, batch_size=batch_size, num_workers=num_workers, **loader_kw
+            )
+        else:
+            self.loader = DataLoader(
+                dataset, batch_size=batch_size, num_workers=num_workers, **loader_kw
+            )
         self.consumed = 0
 
     def set_epoch(self, epoch: int) -> None:

@@ -21,6 +21,9 @@ def test_bench_runs_on_a_given_store(zarr_store: str, media_dir: Path) -> None: 
     assert res["loader_samples_per_s"] > 0 and res["loader_workers"] == 2
     want = res["loader_samples_per_s"] / (2 * res["store_samples_per_s"])
     assert abs(res["loader_efficiency"] - want) < 1e-9
+    assert res["loader_plain_samples_per_s"] > 0  # the plain DataLoader baseline, same run
+    assert res["loader_main_cpu_ms"] <= res["loader_cpu_ms"]
+    assert any(line.strip().startswith("plain") for line in lines)
     assert any(line.strip().startswith("ratio") for line in lines)
     assert any(line.strip().startswith("loader") for line in lines)
 

@@ -30,13 +30,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
 from store import open_store
+from store.batch_ring import RingLoader
 from store.class_balance import balance_to_reference
 from store.datasets import ClipDataset, ResumableLoader, StreamingDataset
 from store.errors import StoreError
-from store.jpeg import collate
 from store.reader import Store
 from store.samplers import DistributedShuffleSampler, WeightedSampler
 from store.views.presets import make_view
@@ -133,9 +133,9 @@ class MapLoader:
         self.dataset.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        loader = DataLoader(
+        loader = RingLoader(  # workers hand batches over in reused shared memory
             self.dataset, batch_size=self.batch_size, sampler=_From(self.sampler, self.start),
-            num_workers=self.num_workers, collate_fn=collate, drop_last=True,
+            num_workers=self.num_workers, drop_last=True, pin_memory=True,
             generator=torch.Generator(),  # never draw from the global RNG (exact resume)
         )
         for batch in loader:
@@ -187,7 +187,7 @@ def build_loader(cfg: Any, store: Store, rank: int, world_size: int, num_classes
             ds = StreamingDataset(store, view, split=d.split, require=list(d.require), seed=seed,
                                   batch_size=d.batch_size, shuffle_buffer=d.shuffle_buffer,
                                   rank=rank, world_size=world_size)
-            return StreamLoader(ds, d.batch_size, d.num_workers)
+            return StreamLoader(ds, d.batch_size, d.num_workers, pin_memory=True)
         ds = ClipDataset(store, view, split=d.split, require=list(d.require), seed=seed,
                          deterministic=True)
     except ValueError as exc:

@@ -1,0 +1,316 @@
+"""Batches from DataLoader workers to the main process through reused shared-memory slots.
+
+torch's DataLoader collates every batch of a worker into fresh shared memory and passes each
+tensor's file descriptor to the main process, which maps it, reads it once and unmaps it.
+On a VM a first-touched 4 KiB page costs microseconds, so a MAViL sample (1.2 MB of uint8
+video + 0.5 MB of float32 audio) pays ~430 page faults in the worker and a socket round trip
+per tensor per batch in the main process: more than the worker's own JPEG work on 2 cores
+(store/FORMAT.md "Loader throughput").
+
+Here each worker owns ``K`` slots, one shared storage each, reused batch after batch:
+
+* worker (:class:`SlotCollate`, the DataLoader's ``collate_fn``): collates like
+  :func:`store.jpeg.collate`, stacking each tensor straight into the next slot (its pages
+  are touched once per worker lifetime), and sends a :class:`SlotBatch`: where each tensor
+  lies in the slot, and the non-tensor entries unchanged. A slot's storage (file
+  descriptor) is sent only the first time it is used or after it was replaced, so the main
+  process maps each slot once and keeps it mapped;
+* main process (:class:`BatchRing`): copies every tensor out of the slot into its own
+  memory (pinned when asked and an accelerator exists), then adds one to the worker's
+  release counter, a shared int64 the worker reads before reusing a slot.
+
+Safety does not rest on torch's flow control: a worker writes batch ``j`` into slot
+``j % K`` only once the counter says batch ``j - K`` was released; if it was not (after a
+bounded poll), the worker takes a fresh storage for that slot instead of waiting on, so an
+abandoned iterator never hangs a worker, and nothing the main process still reads is ever
+overwritten. Batches of any size fit: a slot too small for a batch is replaced by a bigger
+one. Use :class:`RingLoader` in place of a DataLoader.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data._utils.collate import collate as torch_collate
+from torch.utils.data._utils.collate import collate_tensor_fn, default_collate_fn_map
+from torch.utils.data._utils.pin_memory import pin_memory as pin_tree
+
+from store.jpeg import RAGGED_KEYS, collate
+
+ALIGN = 64  # bytes; every tensor in a slot starts on a cache line
+RELEASE_WAIT_S = 1.0  # longest poll for a release before a worker takes a fresh slot
+
+
+@dataclass(frozen=True)
+class InSlot:
+    """A contiguous tensor at byte ``offset`` of its slot."""
+
+    offset: int
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+@dataclass
+class SlotBatch:
+    """What a worker sends for one batch: ``tree`` is the collated batch with every tensor
+    replaced by its :class:`InSlot` place (tensors that did not fit stay tensors).
+    ``storage`` is the slot's storage the first time the slot is sent (else None),
+    ``released`` the worker's release counter with the worker's first batch (else None)."""
+
+    worker: tuple[int, int]  # (pid, random) - unique for the worker process's lifetime
+    slot: int
+    tree: Any
+    storage: torch.UntypedStorage | None = None
+    released: torch.Tensor | None = None
+
+
+def slots_for(prefetch_factor: int) -> int:
+    """Slots per worker so that a worker never waits under torch's flow control.
+
+    With in-order delivery torch sends task ``s`` only when it returns batch ``s - P*W`` to
+    the main process (P = prefetch_factor, W = workers, tasks dealt round-robin), and the
+    main process releases every batch it received before it asks torch for the next one.
+    A worker's batch ``j`` is global task ``s``; its batch ``j - K`` is task ``s - K*W``,
+    which is released by the time task ``s`` is sent when ``s - K*W < s - P*W``, i.e.
+    ``K > P``. So ``K = P + 1`` (a worker left alone at the end of an IterableDataset may get
+    more of the window: it then takes fresh slots rather than wait, see the module doc)."""
+    return int(prefetch_factor) + 1
+
+
+def _nbytes_upper(obj: Any) -> int:
+    """Slot bytes a sample's entries take once collated (with alignment, an upper bound)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size() + ALIGN
+    if isinstance(obj, (bool, int, float)):
+        return 8 + ALIGN
+    if isinstance(obj, Mapping):
+        return sum(_nbytes_upper(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes_upper(v) for v in obj)
+    return 0
+
+
+class _Arena:
+    """Bump allocation of contiguous tensors inside one slot storage."""
+
+    def __init__(self, storage: torch.UntypedStorage) -> None:
+        self.storage, self.used = storage, 0
+
+    def take(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """A new tensor in the slot's free space (None when it does not fit)."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        start = -(-self.used // ALIGN) * ALIGN
+        if start + nbytes > self.storage.nbytes():
+            return None
+        self.used = start + nbytes
+        return _view(self.storage, InSlot(start, dtype, shape))
+
+    def place(self, t: torch.Tensor) -> InSlot | torch.Tensor:
+        """``t``'s place in the slot (copied there unless it already is), or ``t`` itself
+        when it does not fit or is not a plain CPU tensor."""
+        if t.device.type != "cpu" or t.layout != torch.strided or t.is_nested:
+            return t
+        if t.untyped_storage().data_ptr() == self.storage.data_ptr():
+            offset = t.storage_offset() * t.element_size()
+            if t.is_contiguous():
+                return InSlot(offset, t.dtype, tuple(t.shape))
+        out = self.take(t.dtype, tuple(t.shape))
+        if out is None:
+            return t
+        out.copy_(t)
+        return InSlot(out.storage_offset() * t.dtype.itemsize, t.dtype, tuple(t.shape))
+
+
+def _view(storage: torch.UntypedStorage, place: InSlot) -> torch.Tensor:
+    """The tensor at ``place`` in ``storage`` (no copy)."""
+    return torch.empty(0, dtype=place.dtype).set_(
+        storage, place.offset // place.dtype.itemsize, place.shape)
+
+
+class SlotCollate:
+    """The DataLoader ``collate_fn`` of the worker side (collates as store.jpeg.collate).
+
+    Holds per-process state, created in the worker on its first batch: the slots, the
+    release counter and how many batches this worker has sent. In the main process
+    (``num_workers=0``) it is just store.jpeg.collate."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = int(slots)
+        self._pid: int | None = None
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._worker = (self._pid, int.from_bytes(os.urandom(8), "little"))
+        self._storages: list[torch.UntypedStorage | None] = [None] * self.slots
+        self._unsent = [True] * self.slots
+        self._released = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._sent_counter = False
+        self._made = 0  # batches sent by this worker
+
+    def __call__(self, samples: list[dict[str, Any]]) -> SlotBatch | dict[str, Any]:
+        if get_worker_info() is None:
+            return collate(samples)
+        if self._pid != os.getpid():
+            self._start()
+        j, k = self._made, self._made % self.slots
+        arena = _Arena(self._slot(k, j, sum(_nbytes_upper(s) for s in samples)))
+        ragged = {key: [s.pop(key) for s in samples] for key in RAGGED_KEYS if key in samples[0]}
+
+        def stack(batch: list[torch.Tensor], *, collate_fn_map: Any = None) -> torch.Tensor:
+            elem = batch[0]
+            out = None
+            if elem.device.type == "cpu" and elem.layout == torch.strided and not elem.is_nested:
+                out = arena.take(elem.dtype, (len(batch), *elem.shape))
+            if out is None:
+                return collate_tensor_fn(batch)  # torch's way (fresh shared memory)
+            return torch.stack(batch, 0, out=out)
+
+        batch = torch_collate(samples, collate_fn_map={**default_collate_fn_map,
+                                                       torch.Tensor: stack})
+        batch.update(ragged)
+        msg = SlotBatch(self._worker, k, _tree_map(batch, torch.Tensor, arena.place))
+        if self._unsent[k]:
+            msg.storage, self._unsent[k] = self._storages[k], False
+        if not self._sent_counter:
+            msg.released, self._sent_counter = self._released, True
+        self._made += 1
+        return msg
+
+    def _slot(self, k: int, j: int, nbytes: int) -> torch.UntypedStorage:
+        """Slot ``k`` for this worker's batch ``j``: the same storage when batch ``j - K``
+        was released and it is big enough, else a fresh one (sent with the batch)."""
+        storage = self._storages[k]
+        if storage is not None and not self._wait_released(j - self.slots + 1):
+            storage = None  # still in use by the main process: never overwrite it
+        if storage is None or storage.nbytes() < nbytes:
+            size = -(-nbytes // 4096) * 4096
+            storage = torch.empty(size, dtype=torch.uint8).share_memory_().untyped_storage()
+            self._storages[k], self._unsent[k] = storage, True
+        return storage
+
+    def _wait_released(self, count: int) -> bool:
+        """Whether the main process has released ``count`` of this worker's batches, polling
+        for at most RELEASE_WAIT_S (never reached under torch's flow control)."""
+        deadline, pause = time.monotonic() + RELEASE_WAIT_S, 1e-4
+        while int(self._released[0]) < count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(pause)
+            pause = min(2 * pause, 5e-3)
+        return True
+
+
+def _tree_map(obj: Any, leaf: type | tuple[type, ...], fn: Any) -> Any:
+    """``obj`` with every ``leaf`` x in its dicts, lists and tuples replaced by fn(x)."""
+    if isinstance(obj, leaf):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _tree_map(v, leaf, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_tree_map(v, leaf, fn) for v in obj]
+    if isinstance(obj, tuple):
+        items = [_tree_map(v, leaf, fn) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    return obj
+
+
+class BatchRing:
+    """The main-process side for one DataLoader iteration: keeps every worker's slots
+    mapped (strong references) and turns each :class:`SlotBatch` into an ordinary batch."""
+
+    def __init__(self, pin_memory: bool = False) -> None:
+        self.pin_memory = bool(pin_memory)
+        self.storages: dict[tuple[tuple[int, int], int], torch.UntypedStorage] = {}
+        self.released: dict[tuple[int, int], torch.Tensor] = {}
+        self.mapped = 0  # slot storages received (mapped) so far
+
+    def receive(self, msg: SlotBatch | Any) -> Any:
+        """The batch, copied out of its slot, which is then released to its worker."""
+        if not isinstance(msg, SlotBatch):
+            return msg
+        key = (msg.worker, msg.slot)
+        if msg.storage is not None:
+            self.storages[key] = msg.storage  # replaces (unmaps) an outgrown slot
+            self.mapped += 1
+        if msg.released is not None:
+            self.released[msg.worker] = msg.released
+        storage = self.storages[key]
+
+        def copy_out(place: InSlot) -> torch.Tensor:
+            out = torch.empty(place.shape, dtype=place.dtype, pin_memory=self.pin_memory)
+            return out.copy_(_view(storage, place))
+
+        batch = _tree_map(msg.tree, InSlot, copy_out)
+        # the copies are complete before the worker may reuse the slot: copy_ is synchronous,
+        # and freeing the temporary slot views (an acq_rel atomic in c10) orders its loads
+        # before the counter's store on weakly ordered CPUs too
+        self.released[msg.worker].add_(1)
+        if self.pin_memory:
+            batch = pin_tree(batch)  # what did not fit in the slot, as torch's pin thread would
+        return batch
+
+
+def accelerator_available() -> bool:
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None:
+        return bool(acc.is_available())
+    return torch.cuda.is_available()
+
+
+class RingLoader:
+    """A torch DataLoader whose workers hand batches over through :class:`BatchRing` slots.
+
+    Takes the DataLoader's arguments; ``collate_fn`` is store.jpeg.collate (the ring
+    collates the same way). ``pin_memory`` pins the copies in the main process (only where
+    an accelerator exists, as torch does) instead of a pin thread. With
+    ``num_workers=0`` it is the plain DataLoader. ``in_order`` must stay True."""
+
+    def __init__(self, dataset: Any, batch_size: int | None = 1, num_workers: int = 0,
+                 pin_memory: bool = False, prefetch_factor: int | None = None,
+                 **loader_kw: Any) -> None:
+        if loader_kw.pop("collate_fn", collate) is not collate:
+            raise ValueError("RingLoader collates like store.jpeg.collate; use a plain "
+                             "DataLoader for another collate_fn")
+        if loader_kw.get("in_order") is False:
+            raise ValueError("the batch ring needs in-order delivery (in_order=True)")
+        if batch_size is None:
+            raise ValueError("the batch ring collates batches: give a batch_size or sampler")
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory) and accelerator_available()
+        # persistent workers keep their slots across iterations, so the ring stays too
+        self.persistent = bool(loader_kw.get("persistent_workers"))
+        self.ring: BatchRing | None = None  # the current iteration's (None without workers)
+        if self.num_workers == 0:
+            self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=0,
+                                     collate_fn=collate, pin_memory=self.pin_memory, **loader_kw)
+            return
+        prefetch = 2 if prefetch_factor is None else int(prefetch_factor)
+        self.slots = slots_for(prefetch)
+        self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
+                                 collate_fn=SlotCollate(self.slots), pin_memory=False,
+                                 prefetch_factor=prefetch, **loader_kw)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.num_workers == 0:
+            yield from self.loader
+            return
+        if self.ring is None or not self.persistent:
+            self.ring = BatchRing(self.pin_memory)
+        ring, batches = self.ring, iter(self.loader)
+        try:
+            for msg in batches:
+                yield ring.receive(msg)
+        finally:
+            del batches  # shuts non-persistent workers down before their slots are unmapped
+            if not self.persistent:
+                ring.storages.clear()

@@ -1,0 +1,235 @@
+"""The batch ring (store/batch_ring.py): batches equal a plain DataLoader's, copies are real,
+slots are reused and never overwritten while the main process may read them, shutdown is
+prompt, and the trainer's loaders go through it."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from typing import Any
+
+import pytest
+import torch
+from loader_fixtures import zarr_store  # noqa: F401
+from torch.utils.data import DataLoader, Dataset
+
+from store import batch_ring
+from store.batch_ring import RingLoader, SlotBatch, SlotCollate, slots_for
+from store.datasets import ResumableLoader, StreamingDataset
+from store.jpeg import collate
+from store.views import make_view
+
+torch.set_num_threads(1)
+
+
+def assert_same_batches(plain: list[Any], ring: list[Any]) -> None:
+    """Same keys, types, dtypes, shapes and values, everywhere in the batch trees."""
+    assert len(plain) == len(ring)
+    for a, b in zip(plain, ring, strict=True):
+        assert_same(a, b)
+
+
+def assert_same(a: Any, b: Any) -> None:
+    assert type(a) is type(b)
+    if isinstance(a, torch.Tensor):
+        assert (a.dtype, a.shape) == (b.dtype, b.shape)
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+class Growing(Dataset):
+    """Samples shaped like the store's (uint8 video, float32 audio, ids, flags, a ragged
+    list), whose size grows every ``grow_every`` items, so later batches outgrow the slots."""
+
+    def __init__(self, n: int, grow_every: int = 1000) -> None:
+        self.n, self.grow_every = n, grow_every
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        g = torch.Generator().manual_seed(i)
+        side = 8 * (1 + i // self.grow_every)
+        return {
+            "clip_id": f"clip-{i}",
+            "audio": torch.randn(1, 16, 8, generator=g),
+            "video": torch.randint(0, 256, (2, 3, side, side), dtype=torch.uint8, generator=g),
+            "label": torch.rand(5, generator=g) > 0.5,
+            "has_audio": bool(i % 2),
+            "mix_lambda": 0.25 * i,
+            "index": i,
+            "jpeg": [torch.randint(0, 256, (10 + i,), dtype=torch.uint8, generator=g)],
+            "video_plan": [{"order": torch.arange(i % 3), "flip": i % 2 == 0}],
+        }
+
+
+def _children_gone(timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while mp.active_children():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_store_batches_through_the_ring_equal_a_plain_dataloader(
+    zarr_store: str, workers: int, decode: str  # noqa: F811
+) -> None:
+    """Real store, MAViL pre-training view (uint8 video; decode="gpu": the GPU path's
+    ragged JPEG lists and crop plans); batch 5 over 12 clips, so the last batch is short."""
+    view = make_view("mavil_pretrain", pixels="uint8", decode=decode)
+
+    def dataset() -> StreamingDataset:
+        return StreamingDataset(zarr_store, view, seed=3, batch_size=5)
+
+    plain = list(DataLoader(dataset(), batch_size=5, num_workers=workers, collate_fn=collate))
+    loader = ResumableLoader(dataset(), batch_size=5, num_workers=workers)
+    ring = list(loader)
+    assert [len(b["index"]) for b in ring] == [5, 5, 2]
+    assert isinstance(loader.loader, RingLoader) and loader.loader.ring is not None
+    assert_same_batches(plain, ring)
+    if decode == "gpu":
+        assert isinstance(ring[0]["jpeg"][0][0], torch.Tensor)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_outgrown_slots_uneven_batches_and_kept_batches(workers: int) -> None:
+    """Batches get bigger than the slots (every 6 items the video doubles), the last batch
+    is short, and a consumer keeping every batch sees distinct, correct copies."""
+    ds = Growing(29, grow_every=6)
+    plain = list(DataLoader(ds, batch_size=3, num_workers=workers, collate_fn=collate))
+    loader = RingLoader(ds, batch_size=3, num_workers=workers)
+    ring = list(loader)  # keeps every batch alive
+    assert [len(b["index"]) for b in ring][-1] == 2
+    assert_same_batches(plain, ring)
+    slots = workers * slots_for(2)
+    assert loader.ring.mapped > slots  # outgrown slots were replaced by bigger ones
+    ptrs = [b["video"].untyped_storage().data_ptr() for b in ring]
+    assert len(set(ptrs)) == len(ring)  # every kept batch owns its memory
+    assert not any(b["video"].is_shared() for b in ring)  # copies, not views of a slot
+
+
+def test_slots_stay_mapped_and_are_reused() -> None:
+    """40 batches from 2 workers: the main process maps each worker's K slots once (the
+    same storages, same addresses, batch after batch) and each batch is a fresh copy."""
+    workers, k = 2, slots_for(2)
+    loader = RingLoader(Growing(120), batch_size=3, num_workers=workers)
+    first: dict[Any, int] = {}
+    seen_batches = 0
+    for batch in loader:
+        seen_batches += 1
+        for key, storage in loader.ring.storages.items():
+            first.setdefault(key, storage.data_ptr())
+            assert storage.data_ptr() == first[key]  # the mapping is reused
+        assert batch["video"].untyped_storage().data_ptr() not in first.values()
+    assert seen_batches == 40
+    assert len(first) == workers * k
+    assert loader.ring.mapped == workers * k  # 40 batches, 6 mappings in all
+
+
+def test_abandoned_iterator_shuts_down_promptly() -> None:
+    assert _children_gone(20)
+    loader = RingLoader(Growing(10_000), batch_size=4, num_workers=2)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    t0 = time.monotonic()
+    del it
+    assert _children_gone(20), "DataLoader workers still alive 20 s after the iterator went"
+    assert time.monotonic() - t0 < 20
+
+
+def test_a_worker_never_overwrites_an_unreleased_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker side alone (as if in a worker): with no releases it takes fresh storages
+    after a bounded wait instead of hanging or overwriting; after releases it reuses."""
+    monkeypatch.setattr(batch_ring, "get_worker_info", lambda: object())
+    monkeypatch.setattr(batch_ring, "RELEASE_WAIT_S", 0.05)
+    ds = Growing(20)
+    coll = SlotCollate(slots=2)
+    msgs: list[SlotBatch] = [coll([ds[i], ds[i + 1]]) for i in (0, 2)]
+    assert all(m.storage is not None for m in msgs)
+    assert msgs[0].released is not None and msgs[1].released is None
+    ring = batch_ring.BatchRing()
+    t0 = time.monotonic()
+    third = coll([ds[4], ds[5]])  # slot 0 again, but batch 0 was never released
+    assert time.monotonic() - t0 < 5
+    assert third.storage is not None
+    assert third.storage.data_ptr() != msgs[0].storage.data_ptr()
+    got = [ring.receive(m) for m in (*msgs, third)]  # batch 0's slot kept its data
+    assert_same_batches([collate([ds[i], ds[i + 1]]) for i in (0, 2, 4)], got)
+    fourth = coll([ds[6], ds[7]])  # slot 1, released by now: reused, not resent
+    assert fourth.storage is None
+    assert_same(ring.receive(fourth), collate([ds[6], ds[7]]))
+    assert int(ring.released[msgs[0].worker][0]) == 4
+
+
+def test_no_workers_is_the_plain_dataloader(zarr_store: str) -> None:  # noqa: F811
+    loader = RingLoader(Growing(7), batch_size=3, num_workers=0, pin_memory=True)
+    assert isinstance(loader.loader, DataLoader) and loader.loader.collate_fn is collate
+    assert_same_batches(list(DataLoader(Growing(7), batch_size=3, collate_fn=collate)),
+                        list(loader))
+    view = make_view("mavil_pretrain", pixels="uint8")
+    resumable = ResumableLoader(StreamingDataset(zarr_store, view, batch_size=4), 4)
+    assert resumable.loader.loader.num_workers == 0
+    with pytest.raises(ValueError, match="in-order"):
+        RingLoader(Growing(7), num_workers=2, in_order=False)
+
+
+def test_pin_memory_pins_only_with_an_accelerator() -> None:
+    loader = RingLoader(Growing(12), batch_size=3, num_workers=1, pin_memory=True)
+    batches = list(loader)
+    assert loader.loader.pin_memory is False  # the copy out of the slot pins, no pin thread
+    pinned = batch_ring.accelerator_available()
+    assert all(b["video"].is_pinned() == pinned for b in batches)
+    assert all(b["jpeg"][0][0].is_pinned() == pinned for b in batches)
+
+
+@pytest.mark.parametrize("kind", ["map", "stream"])
+def test_the_trainer_loaders_go_through_the_ring(zarr_store: str, kind: str) -> None:  # noqa: F811
+    """train.data.build_loader with 2 workers: batches come through the ring (copies, not
+    shared memory as from a plain DataLoader's workers) and equal the
+    0-worker batches (the sequence is a pure function of the seed); the resume point after
+    two batches is the same too."""
+    from omegaconf import OmegaConf
+
+    from store import open_store
+    from train.config import Config
+    from train.data import build_loader
+
+    cfg = OmegaConf.structured(Config)
+    cfg.data.store, cfg.data.batch_size, cfg.data.loader = zarr_store, 3, kind
+    cfg.model.inputs = ["audio", "video"]
+    store = open_store(zarr_store)
+    runs = {}
+    for workers in (0, 2):
+        cfg.data.num_workers = workers
+        loader = build_loader(cfg, store, 0, 1, None)
+        loader.set_epoch(1)
+        batches = []
+        for batch in loader:
+            batches.append(batch)
+            if len(batches) == 2:
+                state = loader.state_dict()
+        runs[workers] = (batches, state)
+        # a plain DataLoader's worker batches live in shared memory; the ring's are copies
+        assert not any(b["video"].is_shared() for b in batches)
+    assert_same_batches(runs[0][0], runs[2][0])
+    assert runs[0][1] == runs[2][1] and runs[2][1]["consumed"] == 6
+
+
+def test_persistent_workers_keep_their_slots_across_epochs() -> None:
+    loader = RingLoader(Growing(30), batch_size=4, num_workers=2, persistent_workers=True)
+    first, second = list(loader), list(loader)
+    assert_same_batches(first, second)
+    assert loader.ring.mapped == 2 * slots_for(2)  # the second epoch mapped nothing new
