@@ -267,8 +267,11 @@ def format_latency(res: dict) -> str:
 
 def run_bench(args: argparse.Namespace) -> int:
     import torch
+    from threadpoolctl import threadpool_limits
 
-    torch.set_num_threads(1)
+    # one thread, as in a shard task (pipeline/task_preload.py: one process per core)
+    torch.set_num_threads(1)  # the torchvision JPEG variant
+    threadpool_limits(1, user_api="blas")  # numpy's BLAS: the fbank's mel projection
     media = default_media() + expand(args.media)
     if getattr(args, "latency", None) is not None:
         res = latency_bench(media, max(0.0, args.latency), max(2, args.latency_clips),
