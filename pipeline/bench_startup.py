@@ -81,7 +81,8 @@ def format_startup(r: dict[str, Any]) -> str:
         f"{r['peak_shards_at_once']} at once",
         f"  wall       {r['build_wall_s']:.2f} s (inside build() {r['build_elapsed_s']:.2f} s)",
         f"  own work   {r['work_per_worker_s']:.2f} s ({r['work_s']:.2f} s of shard tasks "
-        f"/ {r['workers']} workers)",
+        f"/ {r['workers']} workers; wall / all the tasks' time "
+        f"{r['build_wall_s'] / max(r['work_s'], 1e-9):.2f}x)",
         f"  ratio      wall / own work = {r['build_ratio']:.2f}x (target <= 2); beyond own "
         f"work {r['build_overhead_s']:.2f} s, of which the task processes' imports "
         f"(before the first task) {r['task_preload_s']:.2f} s",
