@@ -78,12 +78,16 @@ def _check_field(source: str, key: str, value: Any, rule: tuple[tuple[type, ...]
 
 
 def default_audio() -> dict[str, Any]:
-    """How the waveform that feeds the fbank is made (recorded, never interpreted)."""
+    """How the waveform that feeds the fbank is made (recorded, never interpreted).
+
+    Keep these texts as they are: create_store compares the whole spec, so a changed word
+    would make every existing store refuse to resume (tests/test_store_conformance.py
+    holds a store.json of 2026-12-01). The fbank values are that call's, computed by store/fbank.py
+    in NumPy (equal up to float32 rounding)."""
     return {
         "resampler": "ffmpeg -ac 1 -ar 16000 -f f32le (libswresample, ffmpeg defaults)",
         "mean_removed": True,
-        "fbank_call": "store/fbank.py's NumPy re-derivation of "
-                      "torchaudio.compliance.kaldi.fbank(wave - wave.mean(), "
+        "fbank_call": "torchaudio.compliance.kaldi.fbank(wave - wave.mean(), "
                       "htk_compat=True, sample_frequency=16000, use_energy=False, "
                       "window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10, "
                       "frame_length=25, remove_dc_offset=True, preemphasis_coefficient=0.97)"

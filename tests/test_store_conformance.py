@@ -426,3 +426,34 @@ def test_store_restricted_to_shards_reads_only_their_index_parts(store_url, new_
     assert all(torch.equal(a.fbank, b.fbank) for a, b in zip(got, want, strict=True))
     with pytest.raises(StoreError, match=r"000003\.parquet is missing"):
         open_store(copy, shards=[3]).index()
+
+
+# store.json as the build of 2026-12-01 (commit 8c8a3f6) wrote it for the default spec
+STORE_JSON_2026_12 = {
+    "audio": {
+        "constant_mel_channel": 3,
+        "fbank_call": "torchaudio.compliance.kaldi.fbank(wave - wave.mean(), htk_compat=True, "
+                      "sample_frequency=16000, use_energy=False, window_type='hanning', "
+                      "num_mel_bins=128, dither=0.0, frame_shift=10, frame_length=25, "
+                      "remove_dc_offset=True, preemphasis_coefficient=0.97) then zero-pad or "
+                      "cut to target_frames (store/fbank.py)",
+        "mean_removed": True,
+        "resampler": "ffmpeg -ac 1 -ar 16000 -f f32le (libswresample, ffmpeg defaults)"},
+    "backend": "zarr", "clip_seconds": 10.0,
+    "fbank": {"dither": 0.0, "frame_length_ms": 25.0, "frame_shift_ms": 10.0,
+              "htk_compat": True, "num_mel_bins": 128, "preemphasis_coefficient": 0.97,
+              "remove_dc_offset": True, "target_frames": 1024, "use_energy": False,
+              "window_type": "hanning"},
+    "fbank_compression": "none", "frame_rate": 2.0, "jpeg_quality": 85, "num_frames": 20,
+    "resize_longer_side": 360, "sample_rate": 16000, "schema_version": 1,
+    "shard_size": 1000, "stats": {}, "store_waveform": False, "vocabulary": {}}
+
+
+def test_a_store_made_by_an_earlier_build_still_resumes(tmp_path):
+    """create_store compares the whole spec: a reworded default (e.g. the recorded fbank
+    call) would make every existing store refuse the next run of its build."""
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "store.json").write_text(json.dumps(STORE_JSON_2026_12, indent=2))
+    writer = create_store(str(root), StoreSpec())
+    assert writer.spec.audio == STORE_JSON_2026_12["audio"]
