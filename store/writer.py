@@ -31,6 +31,7 @@ from store.claim import (
     shard_fingerprint,
 )
 from store.errors import StoreConflict, StoreError
+from store.fbank import fbank_params
 from store.index import (
     MANIFEST_KEY,
     SHARD_FILE_RE,
@@ -74,6 +75,10 @@ def create_store(path: str, spec: StoreSpec, vocabulary: pa.Table | None = None
                  ) -> StoreWriter:
     """Create a store (store.json, labels.parquet). Re-creating with the same spec is a
     no-op that returns a writer, so a restarted pipeline can call it again."""
+    try:
+        fbank_params(spec)  # options store.fbank cannot compute fail here, not per clip
+    except ValueError as exc:
+        raise StoreError(f"{path}: {exc}") from None
     fs, root = resolve(path)
     if fs.exists(join(root, STORE_JSON)):
         old = read_spec(fs, root)

@@ -142,6 +142,14 @@ def test_kaldi_options_match_torchaudio(speech: np.ndarray, options: dict) -> No
     assert np.abs(ours - ref).max() < 1e-2 * scale
 
 
+def test_a_store_with_options_the_fbank_cannot_compute_is_refused(tmp_path: Path) -> None:
+    from store import StoreError, create_store
+
+    with pytest.raises(StoreError, match="dither must be 0"):
+        create_store(str(tmp_path / "s"), StoreSpec(fbank={"dither": 1.0}))
+    assert not (tmp_path / "s").exists()
+
+
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ValueError, match="dither"):
         kaldi_fbank(np.zeros(16000, np.float32), {"dither": 1.0})
