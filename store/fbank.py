@@ -45,6 +45,7 @@ import numpy as np
 from store.spec import default_fbank
 
 EPS = np.float32(np.finfo(np.float32).eps)  # Kaldi's floor before the log
+WINDOWS = ("hanning", "hamming", "povey", "rectangular", "blackman")
 # Kaldi options a plain-dict spec may carry besides StoreSpec.fbank's (Kaldi defaults).
 _EXTRA = {"low_freq": 20.0, "high_freq": 0.0, "round_to_power_of_two": True,
           "snip_edges": True, "raw_energy": True, "energy_floor": 1.0, "use_log_fbank": True,
@@ -67,6 +68,9 @@ def fbank_params(spec: Any = None) -> dict[str, Any]:
                          "CAV-MAE and AST use dither=0.0)")
     if float(params["vtln_warp"]) != 1.0:
         raise ValueError("vtln_warp != 1 (speaker normalisation) is not supported")
+    if params["window_type"] not in WINDOWS:
+        raise ValueError(f"unknown window_type {params['window_type']!r}; use one of "
+                         f"{', '.join(WINDOWS)}")
     return params
 
 

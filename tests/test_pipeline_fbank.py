@@ -147,6 +147,8 @@ def test_a_store_with_options_the_fbank_cannot_compute_is_refused(tmp_path: Path
 
     with pytest.raises(StoreError, match="dither must be 0"):
         create_store(str(tmp_path / "s"), StoreSpec(fbank={"dither": 1.0}))
+    with pytest.raises(StoreError, match="window_type"):
+        create_store(str(tmp_path / "s"), StoreSpec(fbank={"window_type": "hann"}))
     assert not (tmp_path / "s").exists()
 
 
