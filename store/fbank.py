@@ -136,6 +136,15 @@ def window(kind: str, size: int, blackman_coeff: float = 0.42) -> np.ndarray:
     return w.astype(np.float32)
 
 
+def fft_size(params: Mapping[str, Any], sample_rate: int) -> tuple[int, int]:
+    """(window, FFT) sizes in samples: Kaldi's window, zero-padded to a power of two."""
+    size = int(sample_rate * float(params["frame_length_ms"]) / 1000.0)
+    padded = 1 << (size - 1).bit_length() if params["round_to_power_of_two"] else size
+    if padded % 2:
+        raise ValueError(f"the FFT size {padded} must be even (round_to_power_of_two)")
+    return size, padded
+
+
 def _frames(wav: np.ndarray, size: int, shift: int, snip_edges: bool) -> np.ndarray:
     """[m, size] frames (a strided view); without snip_edges the ends are mirrored (Kaldi)."""
     if not snip_edges:
@@ -158,15 +167,12 @@ def kaldi_fbank(waveform: Any, spec: Any = None) -> np.ndarray:
     p = fbank_params(spec)
     sr = sample_rate_of(spec)
     wav = np.asarray(waveform, dtype=np.float32).reshape(-1)
-    size = int(sr * float(p["frame_length_ms"]) / 1000.0)
+    size, padded = fft_size(p, sr)
     shift = int(sr * float(p["frame_shift_ms"]) / 1000.0)
     bins = int(p["num_mel_bins"])
     width = bins + int(bool(p["use_energy"]))
     if len(wav) < size:
         return np.zeros((0, width), dtype=np.float32)
-    padded = 1 << (size - 1).bit_length() if p["round_to_power_of_two"] else size
-    if padded % 2:
-        raise ValueError(f"the FFT size {padded} must be even (round_to_power_of_two)")
     x = _frames(wav - wav.mean(dtype=np.float32), size, shift, bool(p["snip_edges"]))
     if p["remove_dc_offset"]:
         x = x - x.mean(axis=1, keepdims=True, dtype=np.float32)
@@ -218,8 +224,7 @@ def mel_channel_is_empty(channel: int, spec: Any = None) -> bool:
     """True when a mel channel covers no FFT bin (see module docstring: channel 3)."""
     p = fbank_params(spec)
     sr = sample_rate_of(spec)
-    size = int(sr * float(p["frame_length_ms"]) / 1000.0)
-    padded = 1 << (size - 1).bit_length() if p["round_to_power_of_two"] else size
+    _, padded = fft_size(p, sr)
     banks = mel_banks(int(p["num_mel_bins"]), padded, float(sr), float(p["low_freq"]),
                       float(p["high_freq"]))
     return not banks[channel].any()
