@@ -282,7 +282,7 @@ class RingLoader:
             raise ValueError("the batch ring needs in-order delivery (in_order=True)")
         if batch_size is None:
             raise ValueError("the batch ring collates batches: give a batch_size or sampler")
-        self.num_workers = int(num_workers)
+        self.dataset, self.num_workers = dataset, int(num_workers)
         self.pin_memory = bool(pin_memory) and accelerator_available()
         # persistent workers keep their slots across iterations, so the ring stays too
         self.persistent = bool(loader_kw.get("persistent_workers"))

@@ -113,10 +113,9 @@ def run(latency_ms: float, epochs: int, workers: int, batch: int, backend: str,
         copies: int = 8, server_nice: int = 0) -> dict:
     import fsspec
     import torch
-    from torch.utils.data import DataLoader
 
+    from store.batch_ring import RingLoader
     from store.datasets import StreamingDataset
-    from store.jpeg import collate
     from store.sample_store import SAMPLE_PLAN, build_sample_store, default_media_dir
     from store.views import make_view
 
@@ -140,8 +139,9 @@ def run(latency_ms: float, epochs: int, workers: int, batch: int, backend: str,
             loaders = {}
             for name, where in (("local", local), ("s3", url)):
                 ds = StreamingDataset(where, make_view("mavil_pretrain"), batch_size=batch)
-                loaders[name] = DataLoader(ds, batch_size=batch, num_workers=workers,
-                                           collate_fn=collate, persistent_workers=True)
+                # the trainer's loader (batch ring), kept alive across epochs
+                loaders[name] = RingLoader(ds, batch_size=batch, num_workers=workers,
+                                           persistent_workers=True)
             best = {"local": 0.0, "s3": 0.0}
             totals = {k: 0.0 for k in ("requests", "samples", "local_cpu", "local_n",
                                        "s3_cpu", "server_cpu")}
