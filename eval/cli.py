@@ -13,6 +13,8 @@ head's, an empty split, ...) ends with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import json
 import math
 import sys
@@ -176,6 +178,8 @@ COMMANDS = {"run": cmd_run, "retrieval": cmd_retrieval, "compare": cmd_compare,
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command itself: a quick exit, as pipeline.cli.main
+        atexit.register(gc.freeze)
     parser = argparse.ArgumentParser(prog="evaluate", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     from eval.protocols import add_parser as _add_protocol

@@ -49,9 +49,12 @@ def test_metadata_commands_do_not_import_torch(pipeline_setup: PipelineSetup  # 
     assert _imports("verify", "--quiet", store, module="store.cli") == (False, False)
 
 
-def test_a_shard_task_runs_without_torch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["zarr", "hdf5"])
+def test_a_shard_task_runs_without_torch(tmp_path: Path, backend: str) -> None:
     """A task process (forkserver preload + process_shard on real clips with audio and
-    video) never imports torch: the fbank is NumPy, JPEGs are PIL's."""
+    video) never imports torch: the fbank is NumPy, JPEGs are PIL's. A zarr build's task
+    never needs h5py nor pyarrow.compute either (~50 ms of the preload's imports); an HDF5
+    build's task imports h5py itself."""
     code = f"""
 import sys
 import pipeline.task_preload
@@ -60,17 +63,20 @@ from pipeline.shard_task import ShardJob, process_shard
 from store import StoreSpec, create_store
 assert "torch" not in sys.modules, "the preload imported torch"
 root = {str(tmp_path / "store")!r}
-create_store(root, StoreSpec(), None)
+create_store(root, StoreSpec(backend={backend!r}), None)
 clips = [ClipSpec("e", "e", 0.0, 3.0, {str(SAMPLES / "earth.mp4")!r}, [0]),
          ClipSpec("h", "h", 0.0, 3.0, {str(SAMPLES / "house_lo.ogg")!r}, [0])]
 summary = process_shard(ShardJob(root, 0, clips))
 print("TORCH", "torch" in sys.modules, summary["statuses"])
+print("LOADED", *(m for m in ("h5py", "pyarrow.compute") if m in sys.modules))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("TORCH")][-1]
     assert line.startswith("TORCH False") and "'ok': 2" in line, line
+    loaded = [ln for ln in proc.stdout.splitlines() if ln.startswith("LOADED")][-1].split()
+    assert loaded[1:] == (["h5py"] if backend == "hdf5" else []), loaded
     store = open_store(str(tmp_path / "store"))
     earth, house = store.get("e"), store.get("h")
     assert earth.has_video and house.has_audio and house.audio_frames > 200

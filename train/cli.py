@@ -15,6 +15,8 @@ size) is a one-line error before any training work, exit status 2.
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import importlib
 import os
 import sys
@@ -122,6 +124,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command itself: a quick exit, as pipeline.cli.main
+        atexit.register(gc.freeze)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PLUGINS:
         return _plugin(argv[0], argv[1:])
