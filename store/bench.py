@@ -20,7 +20,9 @@ Then the DataLoader-level figure: the uint8 store view behind the loader the tra
 (store.batch_ring.RingLoader: ``--workers`` worker processes collating into reused
 shared-memory slots, ``pin_memory`` active only where an accelerator exists), against
 ``workers`` x the per-worker rate (target >= 0.9x), and in the same run a plain torch
-DataLoader (the project's collate, fresh shared memory per batch) as the baseline.
+DataLoader (the project's collate, fresh shared memory per batch) as the baseline, and
+``workers`` independent one-worker loops at once with no DataLoader: what the machine gives
+that many processes of this work (store/bench_dataloader.py).
 
 Without --store, a small store (and the baseline files) is built in a temp dir from the
 shared media (earth.mp4, bigbuckbunny.mp4; 8 time-shifted 10-s windows, repeated to a
@@ -33,18 +35,17 @@ rates, the ratios (target >= 2.5x) and the CPU time per sample.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
-import warnings
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from store.bench_dataloader import loader_rate, parallel_rate
 from store.sample_store import build_sample_store, decode_media, default_media_dir
 
 AV_MEDIA = ("earth.mp4", "bigbuckbunny.mp4")
@@ -158,75 +159,6 @@ def _streamed(ds: Any, n: int) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-class _Epochs(torch.utils.data.IterableDataset):
-    """Epochs 0, 1, ... of a StreamingDataset in one DataLoader pass (a small store would
-    otherwise restart the workers every few samples)."""
-
-    def __init__(self, ds: Any, epochs: int) -> None:
-        self.ds, self.epochs = ds, epochs
-
-    def __iter__(self) -> Iterator[dict]:
-        for e in range(self.epochs):
-            self.ds.set_epoch(e)
-            yield from self.ds  # deals this epoch's batches to the workers round-robin
-
-
-def _cpu_s(pids: list[int]) -> list[float] | None:
-    """CPU seconds (user + system) so far of each live process, from /proc (None elsewhere)."""
-    try:
-        out = []
-        for pid in pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return None
-    return out
-
-
-def loader_rate(ds: Any, workers: int, batch_size: int, samples: int,
-                ring: bool = True) -> dict[str, float]:
-    """``ds`` behind the loader the trainer uses (``ring``: store.batch_ring.RingLoader, as
-    ResumableLoader and the map loader build it) or a plain torch DataLoader: ``workers``
-    processes, the store's collate, pin_memory (active only with an accelerator). Timed from
-    the first batch of every worker on (start-up excluded). Returns samples/s, CPU ms per
-    sample of the workers and this process together and of this process alone (-1 where
-    /proc is missing) and whether batches came pinned."""
-    import multiprocessing as mp
-
-    from torch.utils.data import DataLoader
-
-    from store.batch_ring import RingLoader
-    from store.jpeg import collate
-
-    ds.batch_size = batch_size  # StreamingDataset deals batches of the DataLoader's size
-    warm = workers * batch_size
-    epochs = -(-(samples + warm) // len(ds.positions)) + 1
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*pin_memory.*")  # no accelerator here
-        kw = {"batch_size": batch_size, "num_workers": workers, "pin_memory": True}
-        loader: Any = (RingLoader(_Epochs(ds, epochs), **kw) if ring else
-                       DataLoader(_Epochs(ds, epochs), collate_fn=collate, **kw))
-        it = iter(loader)
-        done, t0, c0, pinned, pids = 0, None, None, False, [os.getpid()]
-        for batch in it:
-            done += len(batch["index"])
-            if t0 is None and done >= warm:
-                pids += [p.pid for p in mp.active_children()]  # the DataLoader's workers
-                t0, c0, done = time.perf_counter(), _cpu_s(pids), 0
-                pinned = bool(batch["video"].is_pinned())
-            elif t0 is not None and done >= samples:
-                break
-        wall, c1 = time.perf_counter() - t0, _cpu_s(pids)
-        mapped = float(loader.ring.mapped) if ring else -1.0  # slot storages mapped in all
-        del it, loader
-    res = {"samples_per_s": done / wall, "cpu_ms": -1.0, "main_cpu_ms": -1.0,
-           "pinned": float(pinned), "slots_mapped": mapped}
-    if c0 is not None and c1 is not None:
-        res["cpu_ms"] = 1000 * (sum(c1) - sum(c0)) / done
-        res["main_cpu_ms"] = 1000 * (c1[0] - c0[0]) / done
-    return res
-
-
 def run_bench(
     store: str | None = None,
     media_dir: Path | None = None,
@@ -296,12 +228,14 @@ def run_bench(
             res[f"{name}_cpu_ms"] = 1000 * best[name][1] / samples
         if workers > 0:
             variants = {"loader": ("uint8", True), "loader_plain": ("uint8", False),
-                        "loader_float": ("float", True)}
+                        "loader_float": ("float", True), "parallel": ("uint8", None)}
             got: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
             for r in range(max(1, rounds - 1)):  # interleaved, best of each
                 for name, (pixels, ring) in variants.items():
-                    got[name].append(loader_rate(dataset(pixels), workers, batch_size,
-                                                 2 * samples, ring=ring))
+                    got[name].append(
+                        parallel_rate(dataset(pixels), workers, samples, _streamed)
+                        if ring is None else
+                        loader_rate(dataset(pixels), workers, batch_size, 2 * samples, ring))
                 log(f"loader round {r + 1}/{max(1, rounds - 1)}: " + ", ".join(
                     f"{name} {got[name][-1]['samples_per_s']:.1f}/s" for name in variants))
             for name in variants:
@@ -311,6 +245,9 @@ def run_bench(
             for name in ("loader", "loader_plain"):
                 res[f"{name}_efficiency"] = res[f"{name}_samples_per_s"] / (
                     workers * res["store_samples_per_s"])
+                res[f"{name}_of_parallel"] = (res[f"{name}_samples_per_s"]
+                                              / res["parallel_samples_per_s"])
+            res["parallel_scaling"] = res["parallel_samples_per_s"] / res["store_samples_per_s"]
     res["ratio"] = res["store_samples_per_s"] / res["baseline_samples_per_s"]
     res["ratio_float"] = res["store_float_samples_per_s"] / res["baseline_samples_per_s"]
     res["ratio_paired_median"] = float(np.median(paired))
@@ -349,6 +286,11 @@ def _report(res: dict[str, float], log: Callable[[str], Any], decode: str, threa
                 log(f"             CPU {label:5s} {res[f'{name}_cpu_ms']:5.1f} ms/sample, workers "
                     f"+ main process (main alone {res[f'{name}_main_cpu_ms']:.2f}; 1 worker "
                     f"alone: {res['store_cpu_ms']:.1f})")
+        log(f"  parallel : {res['parallel_samples_per_s']:8.1f} samples/s, {n} independent "
+            f"one-worker loops at once (no DataLoader; CPU {res['parallel_cpu_ms']:.1f} ms/"
+            f"sample): {res['parallel_scaling']:.2f}x one worker, what this machine gives {n} "
+            f"processes of this work -> the ring {res['loader_of_parallel']:.2f}x of it, the "
+            f"plain DataLoader {res['loader_plain_of_parallel']:.2f}x")
         f32 = res["loader_float_samples_per_s"]
         log(f"  loader32 : {f32:8.1f} samples/s, the ring with float32 video out (uint8 is "
             f"{res['loader_samples_per_s'] / f32:.2f}x; CPU {res['loader_float_cpu_ms']:.1f} "

@@ -23,6 +23,14 @@ def test_bench_runs_on_a_given_store(zarr_store: str, media_dir: Path) -> None: 
     assert abs(res["loader_efficiency"] - want) < 1e-9
     assert res["loader_plain_samples_per_s"] > 0  # the plain DataLoader baseline, same run
     assert res["loader_main_cpu_ms"] <= res["loader_cpu_ms"]
+    # 2 independent one-worker loops at once: the machine's figure for 2 processes
+    assert res["parallel_samples_per_s"] > 0
+    # the same work as the one-worker figure (not a loop that skipped it): CPU per sample
+    # within a wide band of it (contention on a busy box costs CPU, it does not halve it)
+    assert 0.3 < res["parallel_cpu_ms"] / res["store_cpu_ms"] < 4
+    assert abs(res["loader_of_parallel"] - res["loader_samples_per_s"]
+               / res["parallel_samples_per_s"]) < 1e-9
+    assert any(line.strip().startswith("parallel") for line in lines)
     assert any(line.strip().startswith("plain") for line in lines)
     assert any(line.strip().startswith("ratio") for line in lines)
     assert any(line.strip().startswith("loader") for line in lines)
