@@ -50,11 +50,13 @@ RELEASE_WAIT_S = 1.0  # longest poll for a release before a worker takes a fresh
 
 @dataclass(frozen=True)
 class InSlot:
-    """A contiguous tensor at byte ``offset`` of its slot."""
+    """A dense tensor at byte ``offset`` of its slot: contiguous (``strides`` None) or in
+    another memory order (``strides``: channels-last video, as store.views.render gives it)."""
 
     offset: int
     dtype: torch.dtype
     shape: tuple[int, ...]
+    strides: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -97,41 +99,54 @@ def _nbytes_upper(obj: Any) -> int:
     return 0
 
 
+def memory_order(t: torch.Tensor) -> list[int]:
+    """``t``'s dims from the outermost to the innermost in memory, when ``t`` is dense (a
+    permutation of a contiguous tensor, e.g. channels-last); else the plain order."""
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    return order if t.permute(order).is_contiguous() else list(range(t.dim()))
+
+
 class _Arena:
-    """Bump allocation of contiguous tensors inside one slot storage."""
+    """Bump allocation of dense tensors inside one slot storage."""
 
     def __init__(self, storage: torch.UntypedStorage) -> None:
         self.storage, self.used = storage, 0
 
-    def take(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor | None:
-        """A new tensor in the slot's free space (None when it does not fit)."""
+    def take(self, dtype: torch.dtype, shape: tuple[int, ...],
+             order: list[int] | None = None) -> torch.Tensor | None:
+        """A new tensor in the slot's free space (None when it does not fit), laid out in
+        memory ``order`` (outermost dim first; default contiguous)."""
         nbytes = math.prod(shape) * dtype.itemsize
         start = -(-self.used // ALIGN) * ALIGN
         if start + nbytes > self.storage.nbytes():
             return None
         self.used = start + nbytes
-        return _view(self.storage, InSlot(start, dtype, shape))
+        order = list(range(len(shape))) if order is None else order
+        base = _view(self.storage, InSlot(start, dtype, tuple(shape[d] for d in order)))
+        return base.permute(sorted(range(len(order)), key=order.__getitem__))
 
     def place(self, t: torch.Tensor) -> InSlot | torch.Tensor:
-        """``t``'s place in the slot (copied there unless it already is), or ``t`` itself
-        when it does not fit or is not a plain CPU tensor."""
+        """``t``'s place in the slot (copied there, in its own memory order, unless it
+        already is), or ``t`` itself when it does not fit or is not a plain CPU tensor."""
         if t.device.type != "cpu" or t.layout != torch.strided or t.is_nested:
             return t
-        if t.untyped_storage().data_ptr() == self.storage.data_ptr():
-            offset = t.storage_offset() * t.element_size()
-            if t.is_contiguous():
-                return InSlot(offset, t.dtype, tuple(t.shape))
-        out = self.take(t.dtype, tuple(t.shape))
-        if out is None:
-            return t
-        out.copy_(t)
-        return InSlot(out.storage_offset() * t.dtype.itemsize, t.dtype, tuple(t.shape))
+        order = memory_order(t)
+        if (t.untyped_storage().data_ptr() != self.storage.data_ptr()
+                or not t.permute(order).is_contiguous()):
+            out = self.take(t.dtype, tuple(t.shape), order)
+            if out is None:
+                return t
+            t = out.copy_(t)
+        strides = None if t.is_contiguous() else tuple(t.stride())
+        return InSlot(t.storage_offset() * t.element_size(), t.dtype, tuple(t.shape), strides)
 
 
 def _view(storage: torch.UntypedStorage, place: InSlot) -> torch.Tensor:
     """The tensor at ``place`` in ``storage`` (no copy)."""
-    return torch.empty(0, dtype=place.dtype).set_(
-        storage, place.offset // place.dtype.itemsize, place.shape)
+    view = torch.empty(0, dtype=place.dtype)
+    if place.strides is None:
+        return view.set_(storage, place.offset // place.dtype.itemsize, place.shape)
+    return view.set_(storage, place.offset // place.dtype.itemsize, place.shape, place.strides)
 
 
 class SlotCollate:
@@ -167,7 +182,9 @@ class SlotCollate:
             elem = batch[0]
             out = None
             if elem.device.type == "cpu" and elem.layout == torch.strided and not elem.is_nested:
-                out = arena.take(elem.dtype, (len(batch), *elem.shape))
+                # the samples' own memory order (channels-last video stays so: no transpose)
+                order = [0, *(1 + d for d in memory_order(elem))]
+                out = arena.take(elem.dtype, (len(batch), *elem.shape), order)
             if out is None:
                 return collate_tensor_fn(batch)  # torch's way (fresh shared memory)
             return torch.stack(batch, 0, out=out)
@@ -244,8 +261,10 @@ class BatchRing:
         storage = self.storages[key]
 
         def copy_out(place: InSlot) -> torch.Tensor:
-            out = torch.empty(place.shape, dtype=place.dtype, pin_memory=self.pin_memory)
-            return out.copy_(_view(storage, place))
+            src = _view(storage, place)  # the copy keeps its memory order: a plain memcpy
+            out = torch.empty_strided(place.shape, src.stride(), dtype=place.dtype,
+                                      pin_memory=self.pin_memory)
+            return out.copy_(src)
 
         batch = _tree_map(msg.tree, InSlot, copy_out)
         # the copies are complete before the worker may reuse the slot: copy_ is synchronous,

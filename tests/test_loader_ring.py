@@ -102,6 +102,35 @@ def test_store_batches_through_the_ring_equal_a_plain_dataloader(
     assert_same_batches(plain, ring)
     if decode == "gpu":
         assert isinstance(ring[0]["jpeg"][0][0], torch.Tensor)
+    else:  # the samples' channels-last video stays so through the ring: no transposition
+        video = ring[0]["video"]  # [B, T, 3, H, W], channels innermost in memory
+        assert video.stride()[2] == 1 and video.permute(0, 1, 3, 4, 2).is_contiguous()
+        assert plain[0]["video"].is_contiguous()  # torch's collate transposes as it stacks
+
+
+@pytest.mark.parametrize("strided", ["channels_last", "transposed", "gapped"])
+def test_slots_keep_a_dense_memory_order_and_copy_the_rest(strided: str) -> None:
+    """Dense tensors in any memory order travel as they are (a memcpy, strides kept); a
+    tensor with gaps (not dense) is made contiguous; values always equal torch's collate."""
+
+    class Strided(Dataset):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            g = torch.Generator().manual_seed(i)
+            x = torch.randint(0, 256, (2, 6, 5, 3), dtype=torch.uint8, generator=g)
+            x = {"channels_last": x.permute(0, 3, 1, 2), "transposed": x.transpose(1, 2),
+                 "gapped": x[:, ::2]}[strided]
+            return {"video": x, "index": i}
+
+    ring = list(RingLoader(Strided(), batch_size=4, num_workers=1))
+    assert_same_batches(list(DataLoader(Strided(), batch_size=4, collate_fn=collate)), ring)
+    sample, video = Strided()[0]["video"], ring[0]["video"]
+    if strided == "gapped":
+        assert video.is_contiguous()
+    else:
+        assert video.stride()[1:] == sample.stride()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -211,6 +211,22 @@ def test_video_window_loops_cyclically_on_a_5s_clip(any_store: str) -> None:  # 
     assert torch.allclose(view(clip, g(7))["video"], direct)
 
 
+@pytest.mark.parametrize("name", ["mavil_pretrain", "mavil_eval10"])
+def test_cpu_video_views_give_one_memory_order(name: str, zarr_store: str) -> None:  # noqa: F811
+    """Every CPU video sample is channels-last in memory (what crop_resize leaves; eval10
+    also gathers): with video, and the zeros of a clip without it, so that a batch's
+    samples share one layout (a torch.compile'd model sees one stride pattern)."""
+    from dataclasses import replace
+
+    view = make_view(name, labels=False, pixels="uint8")
+    clip = open_store(zarr_store).get("earth_000_0000")
+    video = view(clip, g())["video"]
+    blank = view(replace(clip, has_video=False), g())["video"]
+    assert video.shape == blank.shape and video.stride() == blank.stride()
+    assert video.stride()[-3] == 1 and video.movedim(-3, -1).is_contiguous()
+    assert not blank.any()
+
+
 def test_eval_windows_uniform_and_cover() -> None:
     for n in (20, 11, 15, 9):
         starts = eval_starts(n)

@@ -29,7 +29,12 @@ def crop_resize(
 
     A list (what the JPEG decoders return) is cropped before it is stacked, so only the box's
     pixels are copied; libjpeg-turbo's [3, H, W] outputs are channels-last views, and stacking
-    their boxes channels-last feeds the resize without another layout change."""
+    their boxes channels-last feeds the resize without another layout change. The result
+    stays channels-last in memory (strides, not values): making it contiguous here cost 0.45
+    ms of a worker's ~2.7 ms per sample (2-core dev VM). The batch ring keeps that order
+    through to the main process (store/batch_ring.py), and on the device the video patch
+    embedding's Conv3d reads it as channels_last_3d; a plain torch collate makes it
+    contiguous as it stacks."""
     top, left, h, w = box
     if isinstance(frames, torch.Tensor):
         crop = frames[..., top : top + h, left : left + w]
@@ -37,9 +42,14 @@ def crop_resize(
         crop = torch.stack([f.permute(1, 2, 0)[top : top + h, left : left + w] for f in frames])
         crop = crop.permute(0, 3, 1, 2)  # [T, 3, h, w], channels-last in memory
     out = TF.resize(crop, [size, size], antialias=True)
-    if flip:
-        out = out.flip(-1)
-    return out.contiguous()
+    return out.flip(-1) if flip else out
+
+
+def blank_pixels(shape: Sequence[int], dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """Zeros of ``shape`` ([..., 3, H, W]) in the memory order :func:`crop_resize` gives
+    (channels innermost), so that a batch's samples share one layout with or without video."""
+    *lead, c, h, w = shape
+    return torch.zeros(*lead, h, w, c, dtype=dtype).movedim(-1, -3)
 
 
 def normalize_pixels(

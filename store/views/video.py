@@ -29,7 +29,13 @@ import torch
 
 from store.jpeg import decode_cpu, jpeg_tensor
 from store.views.crop import CROP_RATIO, CROP_SCALE, Box, center_square_box, random_resized_crop_box
-from store.views.render import IMAGENET_MEAN, IMAGENET_STD, crop_resize, normalize_pixels
+from store.views.render import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    blank_pixels,
+    crop_resize,
+    normalize_pixels,
+)
 
 CLIP_FRAMES = 8  # 4 s at 2 fps
 PIXELS = ("float", "uint8")
@@ -108,7 +114,7 @@ class VideoViewBase:
                 plan = {"order": order, "box": (0, 0, 1, 1), "flip": False, "size": self.size}
                 return {"jpeg": [], "video_plan": plan}
             dtype = torch.uint8 if self.pixels == "uint8" else torch.float32
-            return {"video": torch.zeros(self.out_shape(), dtype=dtype)}
+            return {"video": blank_pixels(self.out_shape(), dtype)}
         p = self.plan(len(clip.frames), clip.height, clip.width, g)
         if self.decode == "gpu":
             jpegs = [jpeg_tensor(clip.frames[i]) for i in p.frames]
@@ -122,7 +128,7 @@ class VideoViewBase:
             rendered = normalize_pixels(rendered, self.mean, self.std)
         if p.order.dim() == 1 and torch.equal(p.order, torch.arange(len(p.frames))):
             return {"video": rendered}  # every frame once, in order: no gather needed
-        return {"video": rendered[p.order].contiguous()}
+        return {"video": rendered[p.order]}  # a gather keeps crop_resize's memory order
 
 
 @dataclass
