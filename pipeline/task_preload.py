@@ -13,31 +13,33 @@ from __future__ import annotations
 import gc
 import os
 
-gc.disable()  # no collections while the imports below build their ~10^5 objects (-13 %)
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before numpy loads its BLAS
 
-from store.arrow_without_pandas import skip_pyarrow_pandas_probe  # noqa: E402
+gc.disable()  # no collections while the imports below build their ~10^5 objects (-13 %)
+try:
+    from store.arrow_without_pandas import skip_pyarrow_pandas_probe
 
-skip_pyarrow_pandas_probe()
+    skip_pyarrow_pandas_probe()
 
-import importlib.resources.readers  # noqa: E402,F401  (imageio_ffmpeg's lookup)
+    import importlib.resources.readers  # noqa: F401  (imageio_ffmpeg's lookup)
 
-import imageio_ffmpeg.binaries  # noqa: E402,F401  (pipeline.ffmpeg_bin's default binary)
-import zarr  # noqa: E402,F401
-from PIL import Image  # noqa: E402  (pipeline.features' JPEG encoder)
+    import imageio_ffmpeg.binaries  # noqa: F401  (pipeline.ffmpeg_bin's default binary)
+    import zarr  # noqa: F401
+    from PIL import Image  # pipeline.features' JPEG encoder
 
-import pipeline.shard_task  # noqa: E402,F401
-import pipeline.stats  # noqa: E402,F401
-import store.backends.hdf5_backend  # noqa: E402,F401  (h5py itself: engines.HDF5_PRELOAD)
-import store.backends.zarr_backend  # noqa: E402,F401
-import store.fbank  # noqa: E402,F401
+    import pipeline.shard_task  # noqa: F401
+    import pipeline.stats  # noqa: F401
+    import store.backends.hdf5_backend  # noqa: F401  (h5py itself: engines.HDF5_PRELOAD)
+    import store.backends.zarr_backend  # noqa: F401
+    import store.fbank  # noqa: F401
 
-Image.preinit()  # its JPEG/PNG/... plugins, imported on the first save otherwise
-
-# Everything imported so far lives as long as the process: move it out of the collector's
-# reach. A forked task's collections then skip it (and leave those pages shared with the
-# forkserver instead of copying them), and the forkserver's own exit at the end of a build
-# takes ~25 ms instead of ~100 ms (its final collection walked all ~10^5 objects).
-gc.freeze()
-gc.enable()
+    Image.preinit()  # its JPEG/PNG/... plugins, imported on the first save otherwise
+finally:  # (the forkserver ignores an ImportError here: its tasks must still collect)
+    # Everything imported so far lives as long as the process: move it out of the
+    # collector's reach. A forked task's collections then skip it (and leave those pages
+    # shared with the forkserver instead of copying them), and the forkserver's own exit at
+    # the end of a build takes ~25 ms instead of ~100 ms (its final collection walked all
+    # ~10^5 objects).
+    gc.freeze()
+    gc.enable()

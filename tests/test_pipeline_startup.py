@@ -56,8 +56,10 @@ def test_a_shard_task_runs_without_torch(tmp_path: Path, backend: str) -> None:
     never needs h5py nor pyarrow.compute either (~50 ms of the preload's imports); an HDF5
     build's task imports h5py itself."""
     code = f"""
-import sys
+import gc, sys
 import pipeline.task_preload
+# the preload imports with the collector off, then freezes what it imported: tasks collect
+assert gc.isenabled() and gc.get_freeze_count() > 10_000, "the preload left gc off"
 from pipeline.manifest import ClipSpec
 from pipeline.shard_task import ShardJob, process_shard
 from store import StoreSpec, create_store
