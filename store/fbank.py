@@ -131,8 +131,7 @@ def window(kind: str, size: int, blackman_coeff: float = 0.42) -> np.ndarray:
     elif kind == "blackman":
         w = blackman_coeff - 0.5 * np.cos(a * n) + (0.5 - blackman_coeff) * np.cos(2 * a * n)
     else:
-        raise ValueError(f"unknown window_type {kind!r}; use hanning, hamming, povey, "
-                         "rectangular or blackman")
+        raise ValueError(f"unknown window_type {kind!r}; use one of {', '.join(WINDOWS)}")
     return w.astype(np.float32)
 
 
