@@ -368,7 +368,7 @@ def absolute_paths(args: argparse.Namespace) -> argparse.Namespace:
 
 def start_engine_early(argv: Sequence[str]) -> None:
     """A build that will run on local processes starts their forkserver before the rest
-    of the command is imported: the forkserver's imports (~0.4 s) then overlap
+    of the command is imported: the forkserver's imports (~0.3 s) then overlap
     the driver's own, its manifest reading and the store's creation."""
     if not argv or argv[0] not in BUILDS or {"-h", "--help"} & set(argv):
         return
