@@ -15,27 +15,33 @@ Here each worker owns ``K`` slots, one shared storage each, reused batch after b
   lies in the slot, and the non-tensor entries unchanged. A slot's storage (file
   descriptor) is sent only the first time it is used or after it was replaced, so the main
   process maps each slot once and keeps it mapped;
-* main process (:class:`BatchRing`): copies every tensor out of the slot into its own
-  memory (pinned when asked and an accelerator exists), then adds one to the worker's
-  release counter, a shared int64 the worker reads before reusing a slot.
+* main process (:class:`BatchRing`): without pinned memory (no accelerator) the batch's
+  big tensors *are* the slot (no copy; small ones such as labels are copied): the slot is
+  leased to the consumer and released to its worker when the last of them is freed, as a
+  plain DataLoader's shared-memory batch is freed. With pinned memory every tensor is
+  copied out of the slot into pinned memory (the copy torch's pin thread makes) and the
+  slot is released at once. A release writes the batch's number into the worker's release
+  record, a shared int64 per slot.
 
-Safety does not rest on torch's flow control: a worker writes batch ``j`` into slot
-``j % K`` only once the counter says batch ``j - K`` was released; if it was not (after a
-bounded poll), the worker takes a fresh storage for that slot instead of waiting on, so an
-abandoned iterator never hangs a worker, and nothing the main process still reads is ever
-overwritten. Batches of any size fit: a slot too small for a batch is replaced by a bigger
-one. Use :class:`RingLoader` in place of a DataLoader.
+Safety does not rest on torch's flow control or on the consumer: a worker writes batch ``j``
+into slot ``j % K`` only when the record says that the slot's last batch, ``j - K``, was
+released; if not (a consumer keeping batches, a worker left alone at an IterableDataset's
+end), it takes a fresh storage for that slot at once, so no worker ever waits on the main
+process, and nothing a consumer still holds is ever overwritten. Batches of any size fit:
+a slot too small for a batch is replaced by a bigger one. Use :class:`RingLoader` in place
+of a DataLoader.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 from torch.utils.data._utils.collate import collate as torch_collate
@@ -45,7 +51,9 @@ from torch.utils.data._utils.pin_memory import pin_memory as pin_tree
 from store.jpeg import RAGGED_KEYS, collate
 
 ALIGN = 64  # bytes; every tensor in a slot starts on a cache line
-RELEASE_WAIT_S = 1.0  # longest poll for a release before a worker takes a fresh slot
+# a leased batch hands on its big tensors (audio, video) as views of the slot and copies
+# the small ones (labels, indices, flags): a consumer keeping those does not hold the slot
+LEASE_MIN_BYTES = 64 * 1024  # per sample
 
 
 @dataclass(frozen=True)
@@ -63,27 +71,31 @@ class InSlot:
 class SlotBatch:
     """What a worker sends for one batch: ``tree`` is the collated batch with every tensor
     replaced by its :class:`InSlot` place (tensors that did not fit stay tensors).
-    ``storage`` is the slot's storage the first time the slot is sent (else None),
-    ``released`` the worker's release counter with the worker's first batch (else None)."""
+    ``number`` counts the worker's batches from 0. ``storage`` is the slot's storage the
+    first time the slot is sent (else None), ``released`` the worker's release record (per
+    slot, the number of the last batch released from it) with its first batch (else None)."""
 
     worker: tuple[int, int]  # (pid, random) - unique for the worker process's lifetime
     slot: int
+    number: int
     tree: Any
     storage: torch.UntypedStorage | None = None
     released: torch.Tensor | None = None
 
 
-def slots_for(prefetch_factor: int) -> int:
-    """Slots per worker so that a worker never waits under torch's flow control.
+def slots_for(prefetch_factor: int, leased: bool = True) -> int:
+    """Slots per worker so that a worker always finds its next slot released.
 
-    With in-order delivery torch sends task ``s`` only when it returns batch ``s - P*W`` to
-    the main process (P = prefetch_factor, W = workers, tasks dealt round-robin), and the
-    main process releases every batch it received before it asks torch for the next one.
-    A worker's batch ``j`` is global task ``s``; its batch ``j - K`` is task ``s - K*W``,
-    which is released by the time task ``s`` is sent when ``s - K*W < s - P*W``, i.e.
-    ``K > P``. So ``K = P + 1`` (a worker left alone at the end of an IterableDataset may get
-    more of the window: it then takes fresh slots rather than wait, see the module doc)."""
-    return int(prefetch_factor) + 1
+    With in-order delivery torch sends task ``s`` while it hands batch ``s - P*W`` to the
+    main process (P = prefetch_factor, W = workers, tasks dealt round-robin). A worker's
+    batch ``j`` is global task ``s``; its batch ``j - K``, the slot's last one, is task
+    ``s - K*W``. Copied out (``leased`` False), every batch the main process received
+    before is released: ``s - K*W < s - P*W`` needs ``K = P + 1``. Leased, the consumer of
+    ``for batch in loader`` still holds batch ``s - P*W - 1`` while it asks for the next,
+    and has dropped every batch before it: ``s - K*W < s - P*W - 1`` needs ``K = P + 2``.
+    (A worker left alone at the end of an IterableDataset may get more of the window, a
+    consumer may keep batches: the worker then takes fresh slots, see the module doc.)"""
+    return int(prefetch_factor) + (2 if leased else 1)
 
 
 def _nbytes_upper(obj: Any) -> int:
@@ -165,8 +177,8 @@ class SlotCollate:
         self._worker = (self._pid, int.from_bytes(os.urandom(8), "little"))
         self._storages: list[torch.UntypedStorage | None] = [None] * self.slots
         self._unsent = [True] * self.slots
-        self._released = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._sent_counter = False
+        self._released = torch.full((self.slots,), -1, dtype=torch.int64).share_memory_()
+        self._sent_record = False
         self._made = 0  # batches sent by this worker
 
     def __call__(self, samples: list[dict[str, Any]]) -> SlotBatch | dict[str, Any]:
@@ -192,11 +204,11 @@ class SlotCollate:
         batch = torch_collate(samples, collate_fn_map={**default_collate_fn_map,
                                                        torch.Tensor: stack})
         batch.update(ragged)
-        msg = SlotBatch(self._worker, k, _tree_map(batch, torch.Tensor, arena.place))
+        msg = SlotBatch(self._worker, k, j, _tree_map(batch, torch.Tensor, arena.place))
         if self._unsent[k]:
             msg.storage, self._unsent[k] = self._storages[k], False
-        if not self._sent_counter:
-            msg.released, self._sent_counter = self._released, True
+        if not self._sent_record:
+            msg.released, self._sent_record = self._released, True
         self._made += 1
         return msg
 
@@ -204,24 +216,13 @@ class SlotCollate:
         """Slot ``k`` for this worker's batch ``j``: the same storage when batch ``j - K``
         was released and it is big enough, else a fresh one (sent with the batch)."""
         storage = self._storages[k]
-        if storage is not None and not self._wait_released(j - self.slots + 1):
-            storage = None  # still in use by the main process: never overwrite it
+        if storage is not None and int(self._released[k]) != j - self.slots:
+            storage = None  # still held in the main process: never overwrite it
         if storage is None or storage.nbytes() < nbytes:
             size = -(-nbytes // 4096) * 4096
             storage = torch.empty(size, dtype=torch.uint8).share_memory_().untyped_storage()
             self._storages[k], self._unsent[k] = storage, True
         return storage
-
-    def _wait_released(self, count: int) -> bool:
-        """Whether the main process has released ``count`` of this worker's batches, polling
-        for at most RELEASE_WAIT_S (never reached under torch's flow control)."""
-        deadline, pause = time.monotonic() + RELEASE_WAIT_S, 1e-4
-        while int(self._released[0]) < count:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(pause)
-            pause = min(2 * pause, 5e-3)
-        return True
 
 
 def _tree_map(obj: Any, leaf: type | tuple[type, ...], fn: Any) -> Any:
@@ -240,16 +241,19 @@ def _tree_map(obj: Any, leaf: type | tuple[type, ...], fn: Any) -> Any:
 
 class BatchRing:
     """The main-process side for one DataLoader iteration: keeps every worker's slots
-    mapped (strong references) and turns each :class:`SlotBatch` into an ordinary batch."""
+    mapped (strong references) and turns each :class:`SlotBatch` into an ordinary batch:
+    the slot itself, leased until the batch is freed, or (``copy``) a copy, pinned with
+    ``pin_memory``."""
 
-    def __init__(self, pin_memory: bool = False) -> None:
-        self.pin_memory = bool(pin_memory)
+    def __init__(self, copy: bool = False, pin_memory: bool = False) -> None:
+        self.copy, self.pin_memory = bool(copy or pin_memory), bool(pin_memory)
         self.storages: dict[tuple[tuple[int, int], int], torch.UntypedStorage] = {}
         self.released: dict[tuple[int, int], torch.Tensor] = {}
         self.mapped = 0  # slot storages received (mapped) so far
 
     def receive(self, msg: SlotBatch | Any) -> Any:
-        """The batch, copied out of its slot, which is then released to its worker."""
+        """The batch: views of its slot, released to the worker once the batch is freed; or
+        (``copy``) copies, pinned with ``pin_memory``, the slot released at once."""
         if not isinstance(msg, SlotBatch):
             return msg
         key = (msg.worker, msg.slot)
@@ -258,22 +262,50 @@ class BatchRing:
             self.mapped += 1
         if msg.released is not None:
             self.released[msg.worker] = msg.released
-        storage = self.storages[key]
+        storage, record = self.storages[key], self.released[msg.worker]
+        leased: list[torch.UntypedStorage] = []  # the lease's storage, made on first use
 
-        def copy_out(place: InSlot) -> torch.Tensor:
+        def hand_over(place: InSlot) -> torch.Tensor:
+            per_sample = math.prod(place.shape) * place.dtype.itemsize // max(1, place.shape[0])
+            if not self.copy and per_sample >= LEASE_MIN_BYTES:
+                if not leased:
+                    lease = _Lease(storage)
+                    weakref.finalize(lease, _release, record, msg.slot, msg.number)
+                    leased.append(torch.from_numpy(np.asarray(lease)).untyped_storage())
+                return _view(leased[0], place)
             src = _view(storage, place)  # the copy keeps its memory order: a plain memcpy
             out = torch.empty_strided(place.shape, src.stride(), dtype=place.dtype,
                                       pin_memory=self.pin_memory)
             return out.copy_(src)
 
-        batch = _tree_map(msg.tree, InSlot, copy_out)
-        # the copies are complete before the worker may reuse the slot: copy_ is synchronous,
-        # and freeing the temporary slot views (an acq_rel atomic in c10) orders its loads
-        # before the counter's store on weakly ordered CPUs too
-        self.released[msg.worker].add_(1)
+        batch = _tree_map(msg.tree, InSlot, hand_over)
+        if not leased:  # all copied: the copies are complete before the worker may reuse
+            # the slot (copy_ is synchronous, and freeing the temporary slot views - an
+            # acq_rel atomic in c10 - orders its loads before the record's store on weakly
+            # ordered CPUs too)
+            _release(record, msg.slot, msg.number)
         if self.pin_memory:
             batch = pin_tree(batch)  # what did not fit in the slot, as torch's pin thread would
         return batch
+
+
+class _Lease:
+    """One batch's hold on its slot: the buffer (numpy's array interface) its tensors view.
+    numpy and torch keep it alive as long as any of them lives; then it is freed and
+    ``weakref.finalize`` releases the slot (c10 frees the storage with an acq_rel atomic,
+    so the consumer's reads are done before the release is seen, on any CPU)."""
+
+    def __init__(self, storage: torch.UntypedStorage) -> None:
+        self.storage = storage  # keeps the slot mapped while the batch lives
+        self.__array_interface__ = {"shape": (storage.nbytes(),), "typestr": "|u1",
+                                    "data": (storage.data_ptr(), False), "version": 3}
+
+
+def _release(record: torch.Tensor, slot: int, number: int) -> None:
+    """Tells the worker that its batch ``number`` (in ``slot``) is no longer read. A late
+    release of a batch whose slot was since replaced only makes the worker take a fresh
+    storage once more: the worker reuses a slot only when the record names its last batch."""
+    record[slot] = number
 
 
 def accelerator_available() -> bool:
@@ -287,13 +319,14 @@ class RingLoader:
     """A torch DataLoader whose workers hand batches over through :class:`BatchRing` slots.
 
     Takes the DataLoader's arguments; ``collate_fn`` is store.jpeg.collate (the ring
-    collates the same way). ``pin_memory`` pins the copies in the main process (only where
-    an accelerator exists, as torch does) instead of a pin thread. With
-    ``num_workers=0`` it is the plain DataLoader. ``in_order`` must stay True."""
+    collates the same way). Batches are the workers' slots, leased until freed (no copy);
+    ``pin_memory`` (only where an accelerator exists, as torch does) copies them into pinned
+    memory in the main process instead, without a pin thread; ``copy`` copies them without
+    pinning. With ``num_workers=0`` it is the plain DataLoader. ``in_order`` must stay True."""
 
     def __init__(self, dataset: Any, batch_size: int | None = 1, num_workers: int = 0,
                  pin_memory: bool = False, prefetch_factor: int | None = None,
-                 **loader_kw: Any) -> None:
+                 copy: bool = False, **loader_kw: Any) -> None:
         if loader_kw.pop("collate_fn", collate) is not collate:
             raise ValueError("RingLoader collates like store.jpeg.collate; use a plain "
                              "DataLoader for another collate_fn")
@@ -303,6 +336,7 @@ class RingLoader:
             raise ValueError("the batch ring collates batches: give a batch_size or sampler")
         self.dataset, self.num_workers = dataset, int(num_workers)
         self.pin_memory = bool(pin_memory) and accelerator_available()
+        self.copy = bool(copy) or self.pin_memory
         # persistent workers keep their slots across iterations, so the ring stays too
         self.persistent = bool(loader_kw.get("persistent_workers"))
         self.ring: BatchRing | None = None  # the current iteration's (None without workers)
@@ -311,7 +345,7 @@ class RingLoader:
                                      collate_fn=collate, pin_memory=self.pin_memory, **loader_kw)
             return
         prefetch = 2 if prefetch_factor is None else int(prefetch_factor)
-        self.slots = slots_for(prefetch)
+        self.slots = slots_for(prefetch, leased=not self.copy)
         self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
                                  collate_fn=SlotCollate(self.slots), pin_memory=False,
                                  prefetch_factor=prefetch, **loader_kw)
@@ -324,7 +358,7 @@ class RingLoader:
             yield from self.loader
             return
         if self.ring is None or not self.persistent:
-            self.ring = BatchRing(self.pin_memory)
+            self.ring = BatchRing(self.copy, self.pin_memory)
         ring, batches = self.ring, iter(self.loader)
         try:
             for msg in batches:

@@ -227,22 +227,23 @@ def run_bench(
             res[f"{name}_samples_per_s"] = samples / best[name][0]
             res[f"{name}_cpu_ms"] = 1000 * best[name][1] / samples
         if workers > 0:
-            variants = {"loader": ("uint8", True), "loader_plain": ("uint8", False),
-                        "loader_float": ("float", True), "parallel": ("uint8", None)}
+            variants = {"loader": ("uint8", "ring"), "loader_plain": ("uint8", "plain"),
+                        "loader_floor": ("uint8", "floor"), "loader_float": ("float", "ring"),
+                        "parallel": ("uint8", None)}
             got: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
             for r in range(max(1, rounds - 1)):  # interleaved, best of each
-                for name, (pixels, ring) in variants.items():
+                for name, (pixels, kind) in variants.items():
                     got[name].append(
                         parallel_rate(dataset(pixels), workers, samples, _streamed)
-                        if ring is None else
-                        loader_rate(dataset(pixels), workers, batch_size, 2 * samples, ring))
+                        if kind is None else
+                        loader_rate(dataset(pixels), workers, batch_size, 2 * samples, kind))
                 log(f"loader round {r + 1}/{max(1, rounds - 1)}: " + ", ".join(
                     f"{name} {got[name][-1]['samples_per_s']:.1f}/s" for name in variants))
             for name in variants:
                 top = max(got[name], key=lambda x: x["samples_per_s"])
                 res.update({f"{name}_{k}": v for k, v in top.items()})
             res["loader_workers"] = workers
-            for name in ("loader", "loader_plain"):
+            for name in ("loader", "loader_plain", "loader_floor"):
                 res[f"{name}_efficiency"] = res[f"{name}_samples_per_s"] / (
                     workers * res["store_samples_per_s"])
                 res[f"{name}_of_parallel"] = (res[f"{name}_samples_per_s"]
@@ -286,6 +287,11 @@ def _report(res: dict[str, float], log: Callable[[str], Any], decode: str, threa
                 log(f"             CPU {label:5s} {res[f'{name}_cpu_ms']:5.1f} ms/sample, workers "
                     f"+ main process (main alone {res[f'{name}_main_cpu_ms']:.2f}; 1 worker "
                     f"alone: {res['store_cpu_ms']:.1f})")
+        log(f"  floor    : {res['loader_floor_samples_per_s']:8.1f} samples/s, a torch DataLoader"
+            f" whose workers hand over no data (CPU {res['loader_floor_cpu_ms']:.1f} ms/sample,"
+            f" main {res['loader_floor_main_cpu_ms']:.2f}) -> {res['loader_floor_efficiency']:.2f}"
+            f"x: the DataLoader machinery alone; the ring is "
+            f"{res['loader_samples_per_s'] / res['loader_floor_samples_per_s']:.2f}x of it")
         log(f"  parallel : {res['parallel_samples_per_s']:8.1f} samples/s, {n} independent "
             f"one-worker loops at once (no DataLoader; CPU {res['parallel_cpu_ms']:.1f} ms/"
             f"sample): {res['parallel_scaling']:.2f}x one worker, what this machine gives {n} "

@@ -1,7 +1,10 @@
 """The DataLoader-level figures of ``python -m store.bench``: N loader workers at once.
 
 - :func:`loader_rate`: a dataset behind the loader the trainer uses (the batch ring) or a
-  plain torch DataLoader, with N worker processes, the store's collate and pin_memory;
+  plain torch DataLoader, with N worker processes, the store's collate and pin_memory; or
+  behind a DataLoader whose workers hand over no data at all (each batch's collate returns
+  its length): the floor of torch's DataLoader machinery (index and result queues, the
+  main process's iteration) for this work on this machine;
 - :func:`parallel_rate`: the same per-worker loop as the one-worker figure, run by N
   independent processes at once, with no DataLoader at all. It measures what this machine
   gives N processes of this work: N x the one-worker rate assumes N idle cores that do not
@@ -48,14 +51,21 @@ def cpu_s(pids: list[int]) -> list[float] | None:
     return out
 
 
+def batch_length(samples: list[Any]) -> int:
+    """The collate of the floor: nothing of the batch leaves the worker but its length."""
+    return len(samples)
+
+
 def loader_rate(ds: Any, workers: int, batch_size: int, samples: int,
-                ring: bool = True) -> dict[str, float]:
-    """``ds`` behind the loader the trainer uses (``ring``: store.batch_ring.RingLoader, as
-    ResumableLoader and the map loader build it) or a plain torch DataLoader: ``workers``
-    processes, the store's collate, pin_memory (active only with an accelerator). Timed from
-    the first batch of every worker on (start-up excluded). Returns samples/s, CPU ms per
-    sample of the workers and this process together and of this process alone (-1 where
-    /proc is missing) and whether batches came pinned."""
+                kind: str = "ring") -> dict[str, float]:
+    """``ds`` behind the loader the trainer uses (``kind="ring"``:
+    store.batch_ring.RingLoader, as ResumableLoader and the map loader build it), a plain
+    torch DataLoader (``"plain"``) or the DataLoader floor (``"floor"``: no data handed
+    over, see the module doc): ``workers`` processes, the store's collate, pin_memory
+    (active only with an accelerator). Timed from the first batch of every worker on
+    (start-up excluded). Returns samples/s, CPU ms per sample of the workers and this
+    process together and of this process alone (-1 where /proc is missing) and whether
+    batches came pinned."""
     from torch.utils.data import DataLoader
 
     from store.batch_ring import RingLoader
@@ -67,20 +77,23 @@ def loader_rate(ds: Any, workers: int, batch_size: int, samples: int,
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pin_memory.*")  # no accelerator here
         kw = {"batch_size": batch_size, "num_workers": workers, "pin_memory": True}
-        loader: Any = (RingLoader(_Epochs(ds, epochs), **kw) if ring else
-                       DataLoader(_Epochs(ds, epochs), collate_fn=collate, **kw))
+        epochs_ds = _Epochs(ds, epochs)
+        loader: Any = (
+            RingLoader(epochs_ds, **kw) if kind == "ring" else
+            DataLoader(epochs_ds, collate_fn=collate, **kw) if kind == "plain" else
+            DataLoader(epochs_ds, collate_fn=batch_length, **kw))
         it = iter(loader)
         done, t0, c0, pinned, pids = 0, None, None, False, [os.getpid()]
         for batch in it:
-            done += len(batch["index"])
+            done += batch if kind == "floor" else len(batch["index"])
             if t0 is None and done >= warm:
                 pids += [p.pid for p in mp.active_children()]  # the DataLoader's workers
                 t0, c0, done = time.perf_counter(), cpu_s(pids), 0
-                pinned = bool(batch["video"].is_pinned())
+                pinned = kind != "floor" and bool(batch["video"].is_pinned())
             elif t0 is not None and done >= samples:
                 break
         wall, c1 = time.perf_counter() - t0, cpu_s(pids)
-        mapped = float(loader.ring.mapped) if ring else -1.0  # slot storages mapped in all
+        mapped = float(loader.ring.mapped) if kind == "ring" else -1.0  # slots mapped in all
         del it, loader
     res = {"samples_per_s": done / wall, "cpu_ms": -1.0, "main_cpu_ms": -1.0,
            "pinned": float(pinned), "slots_mapped": mapped}

@@ -30,6 +30,10 @@ def test_bench_runs_on_a_given_store(zarr_store: str, media_dir: Path) -> None: 
     assert 0.3 < res["parallel_cpu_ms"] / res["store_cpu_ms"] < 4
     assert abs(res["loader_of_parallel"] - res["loader_samples_per_s"]
                / res["parallel_samples_per_s"]) < 1e-9
+    # the DataLoader floor (no data handed over) does the workers' work all the same
+    assert 0.3 < res["loader_floor_cpu_ms"] / res["store_cpu_ms"] < 4
+    assert res["loader_floor_main_cpu_ms"] <= res["loader_floor_cpu_ms"]
+    assert any(line.strip().startswith("floor") for line in lines)
     assert any(line.strip().startswith("parallel") for line in lines)
     assert any(line.strip().startswith("plain") for line in lines)
     assert any(line.strip().startswith("ratio") for line in lines)

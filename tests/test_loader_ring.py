@@ -1,6 +1,6 @@
-"""The batch ring (store/batch_ring.py): batches equal a plain DataLoader's, copies are real,
-slots are reused and never overwritten while the main process may read them, shutdown is
-prompt, and the trainer's loaders go through it."""
+"""The batch ring (store/batch_ring.py): batches equal a plain DataLoader's, leased slots are
+reused once freed and never overwritten while any part of a batch lives (copies, when asked,
+are real), shutdown is prompt, and the trainer's loaders go through it."""
 
 from __future__ import annotations
 
@@ -72,6 +72,24 @@ class Growing(Dataset):
         }
 
 
+@pytest.fixture
+def small_leases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lease Growing's tiny audio and video (>= 256 bytes per sample) as the store's big ones
+    are (its labels, flags and indices stay copied: under the threshold)."""
+    monkeypatch.setattr(batch_ring, "LEASE_MIN_BYTES", 256)
+
+
+def _copied(batch: Any) -> Any:
+    """``batch`` with every tensor cloned (a consumer that keeps what it read, not the lease)."""
+    return batch_ring._tree_map(batch, torch.Tensor, torch.clone)
+
+
+def _in_slot(t: torch.Tensor, slots: list[torch.UntypedStorage]) -> bool:
+    """Whether ``t``'s memory lies inside one of ``slots``."""
+    ptr = t.untyped_storage().data_ptr()
+    return any(s.data_ptr() <= ptr < s.data_ptr() + s.nbytes() for s in slots)
+
+
 def _children_gone(timeout: float, keep: frozenset = frozenset()) -> bool:
     """Whether this process's multiprocessing children (but ``keep``) end within timeout."""
     deadline = time.monotonic() + timeout
@@ -96,7 +114,13 @@ def test_store_batches_through_the_ring_equal_a_plain_dataloader(
 
     plain = list(DataLoader(dataset(), batch_size=5, num_workers=workers, collate_fn=collate))
     loader = ResumableLoader(dataset(), batch_size=5, num_workers=workers)
-    ring = list(loader)
+    ring = []
+    for batch in loader:  # the store's audio and video are leased, its labels copied
+        slots = list(loader.loader.ring.storages.values())
+        assert _in_slot(batch["audio"], slots) and not _in_slot(batch["label"], slots)
+        if decode == "cpu":  # (the GPU path sends JPEG bytes: small, copied)
+            assert _in_slot(batch["video"], slots)
+        ring.append(batch)
     assert [len(b["index"]) for b in ring] == [5, 5, 2]
     assert isinstance(loader.loader, RingLoader) and loader.loader.ring is not None
     assert_same_batches(plain, ring)
@@ -134,27 +158,35 @@ def test_slots_keep_a_dense_memory_order_and_copy_the_rest(strided: str) -> None
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_outgrown_slots_uneven_batches_and_kept_batches(workers: int) -> None:
+@pytest.mark.parametrize("copy", [False, True])
+def test_outgrown_slots_uneven_batches_and_kept_batches(workers: int, copy: bool,
+                                                        small_leases: None) -> None:
     """Batches get bigger than the slots (every 6 items the video doubles), the last batch
-    is short, and a consumer keeping every batch sees distinct, correct copies."""
+    is short, and a consumer keeping every batch sees distinct, correct batches: its leases
+    are never overwritten (the workers take fresh slots), or its copies are its own."""
     ds = Growing(29, grow_every=6)
     plain = list(DataLoader(ds, batch_size=3, num_workers=workers, collate_fn=collate))
-    loader = RingLoader(ds, batch_size=3, num_workers=workers)
+    loader = RingLoader(ds, batch_size=3, num_workers=workers, copy=copy)
     ring = list(loader)  # keeps every batch alive
     assert [len(b["index"]) for b in ring][-1] == 2
     assert_same_batches(plain, ring)
-    slots = workers * slots_for(2)
-    assert loader.ring.mapped > slots  # outgrown slots were replaced by bigger ones
+    if copy:
+        assert loader.ring.mapped > workers * slots_for(2, leased=False)  # outgrown slots
+    else:
+        assert loader.ring.mapped == len(ring)  # every kept lease held its slot to the end
     ptrs = [b["video"].untyped_storage().data_ptr() for b in ring]
-    assert len(set(ptrs)) == len(ring)  # every kept batch owns its memory
-    assert not any(b["video"].is_shared() for b in ring)  # copies, not views of a slot
+    assert len(set(ptrs)) == len(ring)  # every kept batch has memory of its own
+    assert not any(b["video"].is_shared() for b in ring)  # leases and copies alike
 
 
-def test_slots_stay_mapped_and_are_reused() -> None:
-    """40 batches from 2 workers: the main process maps each worker's K slots once (the
-    same storages, same addresses, batch after batch) and each batch is a fresh copy."""
-    workers, k = 2, slots_for(2)
-    loader = RingLoader(Growing(120), batch_size=3, num_workers=workers)
+@pytest.mark.parametrize("copy", [False, True])
+def test_slots_stay_mapped_and_are_reused(copy: bool, small_leases: None) -> None:
+    """40 batches from 2 workers, each dropped before the next (``for batch in loader``):
+    the main process maps each worker's K slots once (the same storages, same addresses,
+    batch after batch); each batch's audio and video are its slot (leased: no copy) or
+    fresh copies, its small tensors copies."""
+    workers, k = 2, slots_for(2, leased=not copy)
+    loader = RingLoader(Growing(120), batch_size=3, num_workers=workers, copy=copy)
     first: dict[Any, int] = {}
     seen_batches = 0
     for batch in loader:
@@ -162,10 +194,35 @@ def test_slots_stay_mapped_and_are_reused() -> None:
         for key, storage in loader.ring.storages.items():
             first.setdefault(key, storage.data_ptr())
             assert storage.data_ptr() == first[key]  # the mapping is reused
-        assert batch["video"].untyped_storage().data_ptr() not in first.values()
+        slots = list(loader.ring.storages.values())
+        assert all(_in_slot(batch[key], slots) != copy for key in ("video", "audio"))
+        assert not any(_in_slot(batch[key], slots) for key in ("label", "index"))
     assert seen_batches == 40
     assert len(first) == workers * k
-    assert loader.ring.mapped == workers * k  # 40 batches, 6 mappings in all
+    assert loader.ring.mapped == workers * k  # 40 batches, 8 (copies: 6) mappings in all
+
+
+def test_a_lease_lives_as_long_as_any_view_of_it(small_leases: None) -> None:
+    """A consumer keeps a slice of one early batch, a view of another and the labels of
+    every batch: those two slots' storages are never reused while the views live (the
+    workers take one fresh storage for each, reused from then on), the labels (copies) hold
+    no slot, and all that is kept keeps its values to the end."""
+    ds = Growing(90)
+    plain = list(DataLoader(ds, batch_size=3, collate_fn=collate))
+    loader = RingLoader(ds, batch_size=3, num_workers=1)
+    kept: dict[int, torch.Tensor] = {}
+    labels = []
+    for i, batch in enumerate(loader):
+        assert_same(plain[i], batch)
+        labels.append(batch["label"])
+        if i == 1:
+            kept[i] = batch["video"][1:]  # a slice keeps the whole lease
+        if i == 2:
+            kept[i] = batch["audio"].view(3, -1)
+    assert torch.equal(kept[1], plain[1]["video"][1:])
+    assert torch.equal(kept[2].view(3, 1, 16, 8), plain[2]["audio"])
+    assert all(torch.equal(a, b["label"]) for a, b in zip(labels, plain, strict=True))
+    assert loader.ring.mapped == slots_for(2) + 2  # 30 batches
 
 
 def test_abandoned_iterator_shuts_down_promptly() -> None:
@@ -180,28 +237,45 @@ def test_abandoned_iterator_shuts_down_promptly() -> None:
     assert time.monotonic() - t0 < 20
 
 
-def test_a_worker_never_overwrites_an_unreleased_slot(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The worker side alone (as if in a worker): with no releases it takes fresh storages
-    after a bounded wait instead of hanging or overwriting; after releases it reuses."""
+def test_a_worker_never_overwrites_an_unreleased_slot(monkeypatch: pytest.MonkeyPatch,
+                                                     small_leases: None) -> None:
+    """The worker side alone (as if in a worker) with 2 slots, leases freed out of order:
+    a slot whose batch is still held gets a fresh storage at once (no wait, no overwrite),
+    a freed one is reused, and a late release of a batch whose slot was since replaced
+    does not free the batch that replaced it."""
     monkeypatch.setattr(batch_ring, "get_worker_info", lambda: object())
-    monkeypatch.setattr(batch_ring, "RELEASE_WAIT_S", 0.05)
     ds = Growing(20)
-    coll = SlotCollate(slots=2)
-    msgs: list[SlotBatch] = [coll([ds[i], ds[i + 1]]) for i in (0, 2)]
+    coll, ring = SlotCollate(slots=2), batch_ring.BatchRing()
+
+    def pair(i: int) -> list[dict[str, Any]]:
+        return [ds[2 * i], ds[2 * i + 1]]
+
+    msgs: list[SlotBatch] = [coll(pair(i)) for i in (0, 1)]
     assert all(m.storage is not None for m in msgs)
     assert msgs[0].released is not None and msgs[1].released is None
-    ring = batch_ring.BatchRing()
+    record = msgs[0].released
+    got = {i: ring.receive(m) for i, m in enumerate(msgs)}
     t0 = time.monotonic()
-    third = coll([ds[4], ds[5]])  # slot 0 again, but batch 0 was never released
+    third = coll(pair(2))  # slot 0 again, but batch 0 is held
     assert time.monotonic() - t0 < 5
-    assert third.storage is not None
-    assert third.storage.data_ptr() != msgs[0].storage.data_ptr()
-    got = [ring.receive(m) for m in (*msgs, third)]  # batch 0's slot kept its data
-    assert_same_batches([collate([ds[i], ds[i + 1]]) for i in (0, 2, 4)], got)
-    fourth = coll([ds[6], ds[7]])  # slot 1, released by now: reused, not resent
+    assert third.storage is not None and third.storage.data_ptr() != msgs[0].storage.data_ptr()
+    got[2] = ring.receive(third)
+    del got[1]  # freed before batch 0: out of order
+    assert record.tolist() == [-1, 1]
+    fourth = coll(pair(3))  # slot 1: reused, not resent
     assert fourth.storage is None
-    assert_same(ring.receive(fourth), collate([ds[6], ds[7]]))
-    assert int(ring.released[msgs[0].worker][0]) == 4
+    got[3] = ring.receive(fourth)
+    del got[0]  # late: slot 0 holds batch 2 (in a fresh storage) by now
+    assert record.tolist() == [0, 1]
+    fifth = coll(pair(4))  # slot 0: batch 2 is held, so a fresh storage again
+    assert fifth.storage is not None
+    got[4] = ring.receive(fifth)
+    for i, batch in got.items():  # what is held kept its values
+        assert_same(batch, collate(pair(i)))
+    ring.copy = True  # copying: released as received
+    assert_same(ring.receive(coll(pair(5))), collate(pair(5)))  # slot 1, batch 3 held:
+    assert record.tolist() == [0, 5]  # fresh, copied out and released at once
+    assert coll(pair(6)).storage is not None  # slot 0: batch 4 is still held
 
 
 def test_no_workers_is_the_plain_dataloader(zarr_store: str) -> None:  # noqa: F811
@@ -227,8 +301,8 @@ def test_pin_memory_pins_only_with_an_accelerator() -> None:
 
 @pytest.mark.parametrize("kind", ["map", "stream"])
 def test_the_trainer_loaders_go_through_the_ring(zarr_store: str, kind: str) -> None:  # noqa: F811
-    """train.data.build_loader with 2 workers: batches come through the ring (copies, not
-    shared memory as from a plain DataLoader's workers) and equal the
+    """train.data.build_loader with 2 workers: batches come through the ring (leased slots,
+    not the fresh shared memory of a plain DataLoader's workers) and equal the
     0-worker batches (the sequence is a pure function of the seed); the resume point after
     two batches is the same too."""
     from omegaconf import OmegaConf
@@ -252,7 +326,8 @@ def test_the_trainer_loaders_go_through_the_ring(zarr_store: str, kind: str) -> 
             if len(batches) == 2:
                 state = loader.state_dict()
         runs[workers] = (batches, state)
-        # a plain DataLoader's worker batches live in shared memory; the ring's are copies
+        # a plain DataLoader's worker batches live in fresh shared memory; the ring's
+        # are leases of its slots (or copies, with an accelerator)
         assert not any(b["video"].is_shared() for b in batches)
     assert_same_batches(runs[0][0], runs[2][0])
     assert runs[0][1] == runs[2][1] and runs[2][1]["consumed"] == 6
@@ -260,6 +335,6 @@ def test_the_trainer_loaders_go_through_the_ring(zarr_store: str, kind: str) -> 
 
 def test_persistent_workers_keep_their_slots_across_epochs() -> None:
     loader = RingLoader(Growing(30), batch_size=4, num_workers=2, persistent_workers=True)
-    first, second = list(loader), list(loader)
+    first, second = ([_copied(b) for b in loader] for _ in range(2))
     assert_same_batches(first, second)
     assert loader.ring.mapped == 2 * slots_for(2)  # the second epoch mapped nothing new
