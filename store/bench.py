@@ -284,9 +284,11 @@ def _report(res: dict[str, float], log: Callable[[str], Any], decode: str, threa
             "x faster")
         if res["loader_cpu_ms"] > 0:
             for label, name in (("ring", "loader"), ("plain", "loader_plain")):
+                main = res[f"{name}_main_cpu_ms"]
+                ceiling = f"{1000 / main:.0f}/s" if main > 0 else "-"
                 log(f"             CPU {label:5s} {res[f'{name}_cpu_ms']:5.1f} ms/sample, workers "
-                    f"+ main process (main alone {res[f'{name}_main_cpu_ms']:.2f}; 1 worker "
-                    f"alone: {res['store_cpu_ms']:.1f})")
+                    f"+ main process (main alone {main:.2f}: at most {ceiling} with any "
+                    f"number of workers; 1 worker alone: {res['store_cpu_ms']:.1f})")
         log(f"  floor    : {res['loader_floor_samples_per_s']:8.1f} samples/s, a torch DataLoader"
             f" whose workers hand over no data (CPU {res['loader_floor_cpu_ms']:.1f} ms/sample,"
             f" main {res['loader_floor_main_cpu_ms']:.2f}) -> {res['loader_floor_efficiency']:.2f}"
