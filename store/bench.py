@@ -229,16 +229,26 @@ def run_bench(
         if workers > 0:
             variants = {"loader": ("uint8", "ring"), "loader_plain": ("uint8", "plain"),
                         "loader_floor": ("uint8", "floor"), "loader_float": ("float", "ring"),
-                        "parallel": ("uint8", None)}
+                        "parallel": ("uint8", "parallel"), "single": ("uint8", "single")}
+
+            def measure(pixels: str, kind: str) -> dict[str, float]:
+                if kind == "single":  # the one-worker loop again, beside this round's loaders
+                    wall, cpu = _streamed(sides["store"], samples)
+                    return {"samples_per_s": samples / wall, "cpu_ms": 1000 * cpu / samples}
+                if kind == "parallel":
+                    return parallel_rate(dataset(pixels), workers, samples, _streamed)
+                return loader_rate(dataset(pixels), workers, batch_size, 4 * samples, kind)
+
             got: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
-            for r in range(max(1, rounds - 1)):  # interleaved, best of each
+            for r in range(rounds):  # interleaved: best of each, and paired per round
                 for name, (pixels, kind) in variants.items():
-                    got[name].append(
-                        parallel_rate(dataset(pixels), workers, samples, _streamed)
-                        if kind is None else
-                        loader_rate(dataset(pixels), workers, batch_size, 2 * samples, kind))
-                log(f"loader round {r + 1}/{max(1, rounds - 1)}: " + ", ".join(
+                    got[name].append(measure(pixels, kind))
+                log(f"loader round {r + 1}/{rounds}: " + ", ".join(
                     f"{name} {got[name][-1]['samples_per_s']:.1f}/s" for name in variants))
+            for name in ("loader", "loader_floor"):
+                res[f"{name}_efficiency_paired_median"] = float(np.median([
+                    x["samples_per_s"] / (workers * one["samples_per_s"])
+                    for x, one in zip(got[name], got["single"], strict=True)]))
             for name in variants:
                 top = max(got[name], key=lambda x: x["samples_per_s"])
                 res.update({f"{name}_{k}": v for k, v in top.items()})
@@ -277,7 +287,9 @@ def _report(res: dict[str, float], log: Callable[[str], Any], decode: str, threa
         log(f"  loader   : {res['loader_samples_per_s']:8.1f} samples/s, the trainer's loader "
             f"(batch ring) with {n} workers, batch {batch_size}, {pinned}; {n} x per-worker "
             f"= {n * res['store_samples_per_s']:.1f}/s -> {res['loader_efficiency']:.2f}x "
-            f"(target >= 0.9x); {int(res['loader_slots_mapped'])} slots mapped in all")
+            f"(target >= 0.9x; per-round median against that round's one-worker loop "
+            f"{res['loader_efficiency_paired_median']:.2f}x); "
+            f"{int(res['loader_slots_mapped'])} slots mapped in all")
         log(f"  plain    : {res['loader_plain_samples_per_s']:8.1f} samples/s, a plain torch "
             f"DataLoader (fresh shared memory per batch) -> {res['loader_plain_efficiency']:.2f}"
             f"x; the ring is {res['loader_samples_per_s'] / res['loader_plain_samples_per_s']:.2f}"
@@ -292,7 +304,8 @@ def _report(res: dict[str, float], log: Callable[[str], Any], decode: str, threa
         log(f"  floor    : {res['loader_floor_samples_per_s']:8.1f} samples/s, a torch DataLoader"
             f" whose workers hand over no data (CPU {res['loader_floor_cpu_ms']:.1f} ms/sample,"
             f" main {res['loader_floor_main_cpu_ms']:.2f}) -> {res['loader_floor_efficiency']:.2f}"
-            f"x: the DataLoader machinery alone; the ring is "
+            f"x (per-round median {res['loader_floor_efficiency_paired_median']:.2f}x): the "
+            "DataLoader machinery alone; the ring is "
             f"{res['loader_samples_per_s'] / res['loader_floor_samples_per_s']:.2f}x of it")
         log(f"  parallel : {res['parallel_samples_per_s']:8.1f} samples/s, {n} independent "
             f"one-worker loops at once (no DataLoader; CPU {res['parallel_cpu_ms']:.1f} ms/"

@@ -25,6 +25,10 @@ from typing import Any
 
 import torch
 
+# batches per worker before the clock starts: a ring worker's slots (K = 4 at the default
+# prefetch) are first touched then - 28 MB of page faults at batch 4, start-up, not steady state
+WARM_BATCHES = 8
+
 
 class _Epochs(torch.utils.data.IterableDataset):
     """Epochs 0, 1, ... of a StreamingDataset in one DataLoader pass (a small store would
@@ -62,7 +66,7 @@ def loader_rate(ds: Any, workers: int, batch_size: int, samples: int,
     store.batch_ring.RingLoader, as ResumableLoader and the map loader build it), a plain
     torch DataLoader (``"plain"``) or the DataLoader floor (``"floor"``: no data handed
     over, see the module doc): ``workers`` processes, the store's collate, pin_memory
-    (active only with an accelerator). Timed from the first batch of every worker on
+    (active only with an accelerator). Timed after WARM_BATCHES batches of every worker
     (start-up excluded). Returns samples/s, CPU ms per sample of the workers and this
     process together and of this process alone (-1 where /proc is missing) and whether
     batches came pinned."""
@@ -72,7 +76,7 @@ def loader_rate(ds: Any, workers: int, batch_size: int, samples: int,
     from store.jpeg import collate
 
     ds.batch_size = batch_size  # StreamingDataset deals batches of the DataLoader's size
-    warm = workers * batch_size
+    warm = workers * batch_size * WARM_BATCHES
     epochs = -(-(samples + warm) // len(ds.positions)) + 1
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*pin_memory.*")  # no accelerator here
