@@ -35,6 +35,7 @@ rates, the ratios (target >= 2.5x) and the CPU time per sample.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 import wave
@@ -316,6 +317,11 @@ def _report(res: dict[str, float], log: Callable[[str], Any], decode: str, threa
         log(f"  loader32 : {f32:8.1f} samples/s, the ring with float32 video out (uint8 is "
             f"{res['loader_samples_per_s'] / f32:.2f}x; CPU {res['loader_float_cpu_ms']:.1f} "
             "ms/sample)")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if cores is not None and n + 1 > cores:
+            log(f"  note     : {n} workers + the main process on {cores} cores: the workers "
+                "share cores with the main process, so N x per-worker is out of reach; "
+                "compare with the floor")
 
 
 def main(argv: list[str] | None = None) -> int:
