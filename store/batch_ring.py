@@ -266,7 +266,8 @@ class BatchRing:
         leased: list[torch.UntypedStorage] = []  # the lease's storage, made on first use
 
         def hand_over(place: InSlot) -> torch.Tensor:
-            per_sample = math.prod(place.shape) * place.dtype.itemsize // max(1, place.shape[0])
+            rows = place.shape[0] if place.shape else 1  # stacked: one row per sample
+            per_sample = math.prod(place.shape) * place.dtype.itemsize // max(1, rows)
             if not self.copy and per_sample >= LEASE_MIN_BYTES:
                 if not leased:
                     lease = _Lease(storage)

@@ -68,7 +68,8 @@ class Growing(Dataset):
             "mix_lambda": 0.25 * i,
             "index": i,
             "jpeg": [torch.randint(0, 256, (10 + i,), dtype=torch.uint8, generator=g)],
-            "video_plan": [{"order": torch.arange(i % 3), "flip": i % 2 == 0}],
+            "video_plan": [{"order": torch.arange(i % 3), "flip": i % 2 == 0,
+                            "step": torch.tensor(i)}],  # a 0-dim tensor in a ragged entry
         }
 
 
