@@ -268,6 +268,13 @@ def run_bench(
     return res
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _report(res: dict[str, float], log: Callable[[str], Any], decode: str, threads: int,
             samples: int, rounds: int, batch_size: int) -> None:
     side = "" if decode == "cpu" else " [store: loader side of the GPU decode path]"
@@ -317,8 +324,8 @@ def _report(res: dict[str, float], log: Callable[[str], Any], decode: str, threa
         log(f"  loader32 : {f32:8.1f} samples/s, the ring with float32 video out (uint8 is "
             f"{res['loader_samples_per_s'] / f32:.2f}x; CPU {res['loader_float_cpu_ms']:.1f} "
             "ms/sample)")
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        if cores is not None and n + 1 > cores:
+        cores = usable_cores()
+        if n + 1 > cores:
             log(f"  note     : {n} workers + the main process on {cores} cores: the workers "
                 "share cores with the main process, so N x per-worker is out of reach; "
                 "compare with the floor")
