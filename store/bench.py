@@ -47,9 +47,7 @@ import numpy as np
 import torch
 
 from store.bench_dataloader import loader_rate, parallel_rate
-from store.sample_store import build_sample_store, decode_media, default_media_dir
-
-AV_MEDIA = ("earth.mp4", "bigbuckbunny.mp4")
+from store.sample_store import av_plan, build_sample_store, decode_media, default_media_dir
 
 
 def build_baseline(clips: list[Any], out: Path, media_dir: Path) -> list[dict]:
@@ -184,9 +182,7 @@ def run_bench(
     media_dir = media_dir or default_media_dir()
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         if store is None:
-            plan = [(m, float(s)) for m in AV_MEDIA for s in range(0, 19, 3)
-                    if m == "earth.mp4" or s == 0]
-            plan = plan * -(-max(1, workers) * batch_size // len(plan))
+            plan = av_plan(max(1, workers) * batch_size)
             log(f"building a {len(plan)}-clip store from {media_dir} ...")
             store = build_sample_store(Path(tmp) / "store", media_dir, "zarr", plan, shards=2)
         st = open_store(store)

@@ -93,7 +93,8 @@ def loader_rate(ds: Any, workers: int, batch_size: int, samples: int,
             if t0 is None and done >= warm:
                 pids += [p.pid for p in mp.active_children()]  # the DataLoader's workers
                 t0, c0, done = time.perf_counter(), cpu_s(pids), 0
-                pinned = kind != "floor" and bool(batch["video"].is_pinned())
+                # audio: the GPU decode path's batches carry JPEG bytes, not video
+                pinned = kind != "floor" and bool(batch["audio"].is_pinned())
             elif t0 is not None and done >= samples:
                 break
         wall, c1 = time.perf_counter() - t0, cpu_s(pids)

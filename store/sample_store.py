@@ -5,6 +5,10 @@ binary (argument lists, never a shell string): 16 kHz mono float32 PCM and 2-fps
 scaled to a longer side of 360, re-encoded as JPEG at the store's quality. Time-shifted
 10-s windows of them become clips (fbank via store.fbank), written with the store's writer.
 This is not the production pipeline (pipeline/ is); it only needs the store package.
+
+``python -m store.sample_store cache DIR`` saves the decoded media (.npz, no pickle); with
+``$MAVIL_MEDIA_CACHE=DIR`` a machine without ffmpeg builds the same stores from them
+(.ci/gpu-checks on the GPU host). ``build OUT --clips N`` writes a loader-benchmark store.
 """
 
 from __future__ import annotations
@@ -37,6 +41,18 @@ SAMPLE_PLAN = [
 ]
 
 
+# the loader benchmark's clips: audio+video windows of the two videos with sound
+AV_MEDIA = ("earth.mp4", "bigbuckbunny.mp4")
+
+
+def av_plan(clips: int) -> list[tuple[str, float]]:
+    """At least ``clips`` audio+video windows (the loader benchmark's store): 3-s shifts of
+    earth.mp4 and the start of bigbuckbunny.mp4, repeated."""
+    plan = [(m, float(s)) for m in AV_MEDIA for s in range(0, 19, 3)
+            if m == "earth.mp4" or s == 0]
+    return plan * -(-max(1, clips) // len(plan))
+
+
 def default_media_dir() -> Path:
     env = os.environ.get("MAVIL_SHARED")
     shared = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
@@ -62,9 +78,42 @@ class Media:
     width: int
 
 
+def cached_name(path: Path, quality: int = 90, fps: float = 2.0, longer: int = 360) -> str:
+    """The file name of ``path``'s decoded media in a media cache (:func:`save_media`)."""
+    return f"{Path(path).name}.q{quality}.fps{fps:g}.l{longer}.npz"
+
+
+def save_media(media: Media, out: Path) -> None:
+    """``media`` as one .npz (plain arrays, no pickle): the waveform, the JPEG frames as one
+    byte array with their offsets (n + 1, from 0), the frame size."""
+    frames = np.frombuffer(b"".join(media.frames), dtype=np.uint8)
+    ends = np.cumsum([0, *(len(f) for f in media.frames)], dtype=np.int64)
+    wav = np.zeros(0, np.float32) if media.waveform is None else media.waveform
+    np.savez(out, waveform=wav, has_audio=media.waveform is not None, frames=frames,
+             ends=ends, size=np.array([media.height, media.width], dtype=np.int64))
+
+
+def load_media(path: Path) -> Media:
+    """The media :func:`save_media` wrote."""
+    with np.load(path, allow_pickle=False) as z:
+        raw, ends = z["frames"].tobytes(), z["ends"].tolist()
+        frames = [raw[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)]
+        wav = z["waveform"].copy() if bool(z["has_audio"]) else None
+        height, width = (int(v) for v in z["size"])
+    return Media(wav, frames, height, width)
+
+
 def decode_media(path: Path, quality: int = 90, fps: float = 2.0, longer: int = 360) -> Media:
-    """Decode with the ffmpeg binary (argument lists, never a shell string)."""
+    """Decode with the ffmpeg binary (argument lists, never a shell string).
+
+    Where ``$MAVIL_MEDIA_CACHE`` names a folder holding this file's decoded media (written
+    by ``python -m store.sample_store cache``), they are read from there instead: a machine
+    without ffmpeg (the GPU host of .ci/gpu-checks) builds the same stores."""
     from torchvision.io import decode_jpeg, encode_jpeg
+
+    cache = os.environ.get("MAVIL_MEDIA_CACHE")
+    if cache and (Path(cache) / cached_name(path, quality, fps, longer)).is_file():
+        return load_media(Path(cache) / cached_name(path, quality, fps, longer))
 
     def run(*args: str) -> subprocess.CompletedProcess:
         cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), *args]
@@ -174,3 +223,42 @@ def build_sample_store(
         if part:
             writer.write_shard(s, part)
     return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``cache OUT``: the shared media decoded, for $MAVIL_MEDIA_CACHE on a machine without
+    ffmpeg; ``build OUT --clips N``: a loader-benchmark store of N audio+video clips."""
+    import argparse
+
+    from store.spec import DEFAULT_JPEG_QUALITY
+
+    p = argparse.ArgumentParser(prog="python -m store.sample_store")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("cache", help="decode the shared media into OUT (.npz per file)")
+    c.add_argument("out", type=Path)
+    b = sub.add_parser("build", help="a store of --clips audio+video clips at OUT")
+    b.add_argument("out", type=Path)
+    b.add_argument("--clips", type=int, default=64)
+    b.add_argument("--backend", choices=("zarr", "hdf5"), default="zarr")
+    for q in (c, b):
+        q.add_argument("--media", type=Path, default=None, help="media dir (default: shared)")
+    a = p.parse_args(argv)
+    media_dir = a.media or default_media_dir()
+    if a.cmd == "build":
+        plan = av_plan(a.clips)[: a.clips]
+        print(build_sample_store(a.out, media_dir, a.backend, plan, shards=max(1, len(plan) // 8)))
+        return 0
+    a.out.mkdir(parents=True, exist_ok=True)
+    names = sorted({name for name, _ in SAMPLE_PLAN} | set(AV_MEDIA))
+    # quality 90: the test fixtures' decode; the spec's default: build_sample_store's
+    qualities = sorted({90, DEFAULT_JPEG_QUALITY})
+    for quality in qualities:
+        for name in names:
+            save_media(decode_media(media_dir / name, quality), a.out / cached_name(
+                media_dir / name, quality))
+    print(f"{len(names)} media x JPEG quality {qualities} -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -43,6 +43,17 @@ def test_bench_runs_on_a_given_store(zarr_store: str, media_dir: Path) -> None: 
     assert noted == (3 > usable_cores())
 
 
+def test_bench_of_the_gpu_decode_path_runs_its_loader_side(zarr_store: str,  # noqa: F811
+                                                            media_dir: Path) -> None:
+    """--decode gpu: workers hand over JPEG bytes and crop plans (no video tensor)."""
+    lines: list[str] = []
+    res = run_bench(zarr_store, media_dir, samples=2, rounds=1, log=lines.append, workers=1,
+                    batch_size=2, decode="gpu")
+    assert res["loader_samples_per_s"] > 0 and res["loader_plain_samples_per_s"] > 0
+    assert res["loader_floor_samples_per_s"] > 0 and res["store_samples_per_s"] > 0
+    assert any("loader side of the GPU decode path" in line for line in lines)
+
+
 def test_bench_cli_help(capsys) -> None:
     try:
         main(["--help"])

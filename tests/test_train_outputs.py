@@ -73,8 +73,11 @@ def test_average_of_the_run_loads(tiny_run, tmp_path):
     assert cfg["average"]["epochs"] == [1, 2]
 
 
-def test_bench_trainer_reports(train_store):  # noqa: F811
-    cfg = load_config("stage1", "tiny", ["optim.batch_size=8"], {"data.store": train_store})
+# the AS-2M recipes leave the clip length to the store (data.audio_frames null)
+@pytest.mark.parametrize("frames", ["256", "null"])
+def test_bench_trainer_reports(train_store, frames):  # noqa: F811
+    cfg = load_config("stage1", "tiny", ["optim.batch_size=8", f"data.audio_frames={frames}"],
+                      {"data.store": train_store})
     r = bench_trainer(cfg, steps=2, warmup=1, device="cpu", num_batches=2)
     assert r["bare_s_per_step"] > 0 and r["trainer_s_per_step"] > 0
     spe = r["trainer"]["steps_per_epoch"]  # window: steps 2 and 3; epoch ends checkpoint

@@ -72,16 +72,17 @@ class BareLoop:
         from train.data import (
             accumulation,
             build_loader,
+            fill_from_store,
             open_train_store,
             steps_per_epoch,
-            vocabulary,
         )
         from train.loop import _loss_fn, _precision  # the trainer's own choices
         from train.stages import build_finetune, build_stage1, build_stage2
 
         cfg = copy.deepcopy(cfg)
         store = open_train_store(cfg.data.store)
-        num_classes = len(vocabulary(store))
+        fill_from_store(cfg, store)  # as the trainer does: backend, clip length, vocabulary
+        num_classes = cfg.data.num_classes
         loader = build_loader(cfg, store, 0, 1, num_classes if cfg.stage == "finetune" else None)
         self.accum = accumulation(cfg.optim.batch_size, cfg.data.batch_size, 1)
         self.steps_per_epoch = steps_per_epoch(loader, cfg.data.batch_size, self.accum)

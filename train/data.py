@@ -66,6 +66,16 @@ def vocabulary(store: Store) -> list[str]:
     return [str(mids[i]) for i in order]
 
 
+def fill_from_store(cfg: Any, store: Store) -> None:
+    """What the recipe leaves to the store, set in ``cfg.data``: its backend, the clip length
+    it was built with (``audio_frames`` null), its vocabulary and class count."""
+    cfg.data.format = store.spec.backend
+    if cfg.data.audio_frames is None:
+        cfg.data.audio_frames = store.spec.target_frames
+    cfg.data.vocabulary = vocabulary(store)
+    cfg.data.num_classes = len(cfg.data.vocabulary)
+
+
 def build_view(cfg: Any, store: Store, num_classes: int | None, train: bool = True
                ) -> SampleView:
     """The recipe's view: preset name, normalisation, augmentation, input sizes."""

@@ -26,7 +26,13 @@ from omegaconf import DictConfig
 
 from train import distributed, optim
 from train.config import save_config, to_plain
-from train.data import accumulation, build_loader, open_train_store, steps_per_epoch, vocabulary
+from train.data import (
+    accumulation,
+    build_loader,
+    fill_from_store,
+    open_train_store,
+    steps_per_epoch,
+)
 from train.resume import (
     FORMAT_VERSION,
     clear_run,
@@ -114,11 +120,7 @@ def train(cfg: DictConfig, run_dir: str | Path, device: str = "auto", fresh: boo
 def _train(cfg: DictConfig, run_dir: Path, d: distributed.Dist) -> dict[str, Any]:
     # ---------------------------------------------------------------- prepare (no GPU work)
     store = open_train_store(cfg.data.store)
-    cfg.data.format = store.spec.backend
-    if cfg.data.audio_frames is None:  # the clip length the store was built with
-        cfg.data.audio_frames = store.spec.target_frames
-    cfg.data.vocabulary = vocabulary(store)
-    cfg.data.num_classes = len(cfg.data.vocabulary)
+    fill_from_store(cfg, store)  # backend, clip length, vocabulary
     num_classes = cfg.data.num_classes if cfg.stage == "finetune" else None
     if cfg.stage == "finetune":
         cfg.model.inputs = MODE_INPUTS[cfg.finetune.mode]
