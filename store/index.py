@@ -98,7 +98,7 @@ def part_bytes(table: pa.Table) -> bytes:
 def parse_part(data: bytes) -> pa.Table:
     """Index part bytes -> the table (schema metadata kept); ValueError if unusable."""
     try:
-        table = pq.read_table(pa.BufferReader(data), use_threads=False)
+        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)  # no thread
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(str(exc)) from exc
     missing = [n for n in INDEX_SCHEMA.names if n not in table.column_names]
@@ -117,13 +117,15 @@ def write_part(fs: Any, root: str, shard_id: int, table: pa.Table | bytes) -> st
 
 def _read_parquet(fs: Any, path: str) -> pa.Table:
     """A whole (small) Parquet file read into memory, then parsed on this thread: no Arrow
-    IO or CPU pool thread is left working at interpreter exit, where it can abort the
-    process (exit 134, "terminate called without an active exception", apache/arrow#34314;
-    store/info.py has the measurement). Index parts are small; read_index parallelises
-    over parts itself."""
+    IO or CPU pool thread is left at interpreter exit, where it can abort the process (exit
+    134, "terminate called without an active exception", apache/arrow#34314; store/info.py
+    has the measurement). ``pq.ParquetFile.read`` starts no thread; ``pq.read_table`` goes
+    through the datasets API, whose IO pool starts threads even with ``use_threads=False``
+    (counted in /proc/self/task: +1, +2 with its default pre-buffering). Index parts are
+    small; read_index parallelises over parts itself."""
     with fs.open(path, "rb") as f:
         data = f.read()
-    return pq.read_table(pa.BufferReader(data), use_threads=False)
+    return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
 
 
 def read_part(fs: Any, path: str) -> pa.Table:

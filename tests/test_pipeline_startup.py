@@ -49,6 +49,36 @@ def test_metadata_commands_do_not_import_torch(pipeline_setup: PipelineSetup  # 
     assert _imports("verify", "--quiet", store, module="store.cli") == (False, False)
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_reading_the_index_leaves_no_arrow_thread(pipeline_setup: PipelineSetup  # noqa: F811
+                                                  ) -> None:
+    """Arrow pool threads alive at interpreter exit can abort a metadata command after its
+    output (exit 134, apache/arrow#34314): reading the index, labels and a part's bytes
+    starts none (pq.read_table's datasets path did, even with use_threads=False)."""
+    code = f"""
+import os, time, pyarrow as pa
+from store.backends.fs import resolve
+from store.index import parse_part, read_index, read_vocabulary
+fs, root = resolve({pipeline_setup.ref_store!r})
+pa.array([1])  # pyarrow's own start-up threads (its allocator's)
+before = len(os.listdir("/proc/self/task"))
+index = read_index(fs, root)
+read_vocabulary(fs, root)
+parse_part(fs.cat_file(fs.find(root + "/index")[0]))
+for _ in range(100):  # a joined reader thread can still be listed while the kernel reaps it
+    after = len(os.listdir("/proc/self/task"))
+    if after <= before:
+        break
+    time.sleep(0.02)
+print("THREADS", before, after, index.num_rows)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after, rows = (int(w) for w in proc.stdout.split("THREADS")[-1].split())
+    assert rows > 0 and after == before, proc.stdout
+
+
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])
 def test_a_shard_task_runs_without_torch(tmp_path: Path, backend: str) -> None:
     """A task process (forkserver preload + process_shard on real clips with audio and
