@@ -112,8 +112,9 @@ def decode_media(path: Path, quality: int = 90, fps: float = 2.0, longer: int = 
     from torchvision.io import decode_jpeg, encode_jpeg
 
     cache = os.environ.get("MAVIL_MEDIA_CACHE")
-    if cache and (Path(cache) / cached_name(path, quality, fps, longer)).is_file():
-        return load_media(Path(cache) / cached_name(path, quality, fps, longer))
+    cached = Path(cache) / cached_name(path, quality, fps, longer) if cache else None
+    if cached is not None and cached.is_file():
+        return load_media(cached)
 
     def run(*args: str) -> subprocess.CompletedProcess:
         cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), *args]

@@ -60,13 +60,25 @@ import os, time, pyarrow as pa
 from store.backends.fs import resolve
 from store.index import parse_part, read_index, read_vocabulary
 fs, root = resolve({pipeline_setup.ref_store!r})
-pa.array([1])  # pyarrow's own start-up threads (its allocator's)
-before = len(os.listdir("/proc/self/task"))
+
+
+def threads():  # jemalloc's background threads (more arenas on more cores) exit cleanly
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{{t}}/comm").read().strip())
+        except OSError:  # exited meanwhile
+            pass
+    return sum(n != "jemalloc_bg_thd" for n in names)
+
+
+pa.array([1])  # pyarrow's own start-up
+before = threads()
 index = read_index(fs, root)
 read_vocabulary(fs, root)
 parse_part(fs.cat_file(fs.find(root + "/index")[0]))
 for _ in range(100):  # a joined reader thread can still be listed while the kernel reaps it
-    after = len(os.listdir("/proc/self/task"))
+    after = threads()
     if after <= before:
         break
     time.sleep(0.02)
