@@ -11,7 +11,8 @@ Here each worker owns ``K`` slots, one shared storage each, reused batch after b
 
 * worker (:class:`SlotCollate`, the DataLoader's ``collate_fn``): collates like
   :func:`store.jpeg.collate`, stacking each tensor straight into the next slot (its pages
-  are touched once per worker lifetime), and sends a :class:`SlotBatch`: where each tensor
+  are touched once per worker lifetime; uint8 video is rendered there sample by sample, not
+  stacked: store/views/deferred.py), and sends a :class:`SlotBatch`: where each tensor
   lies in the slot, and the non-tensor entries unchanged. A slot's storage (file
   descriptor) is sent only the first time it is used or after it was replaced, so the main
   process maps each slot once and keeps it mapped;
@@ -49,6 +50,7 @@ from torch.utils.data._utils.collate import collate_tensor_fn, default_collate_f
 from torch.utils.data._utils.pin_memory import pin_memory as pin_tree
 
 from store.jpeg import RAGGED_KEYS, collate
+from store.views.deferred import PendingVideo, render_batch, render_in_collate
 
 ALIGN = 64  # bytes; every tensor in a slot starts on a cache line
 # a leased batch hands on its big tensors (audio, video) as views of the slot and copies
@@ -102,6 +104,8 @@ def _nbytes_upper(obj: Any) -> int:
     """Slot bytes a sample's entries take once collated (with alignment, an upper bound)."""
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size() + ALIGN
+    if isinstance(obj, PendingVideo):
+        return obj.nbytes + ALIGN
     if isinstance(obj, (bool, int, float)):
         return 8 + ALIGN
     if isinstance(obj, Mapping):
@@ -201,8 +205,11 @@ class SlotCollate:
                 return collate_tensor_fn(batch)  # torch's way (fresh shared memory)
             return torch.stack(batch, 0, out=out)
 
-        batch = torch_collate(samples, collate_fn_map={**default_collate_fn_map,
-                                                       torch.Tensor: stack})
+        def render(batch: list[PendingVideo], *, collate_fn_map: Any = None) -> torch.Tensor:
+            return render_batch(batch, lambda shape, order: arena.take(torch.uint8, shape, order))
+
+        batch = torch_collate(samples, collate_fn_map={
+            **default_collate_fn_map, torch.Tensor: stack, PendingVideo: render})
         batch.update(ragged)
         msg = SlotBatch(self._worker, k, j, _tree_map(batch, torch.Tensor, arena.place))
         if self._unsent[k]:
@@ -316,6 +323,19 @@ def accelerator_available() -> bool:
     return torch.cuda.is_available()
 
 
+class WorkerStart:
+    """A ring worker's ``worker_init_fn``: uint8 video views leave rendering to the collate
+    (:class:`SlotCollate` renders each sample into the slot), then the caller's own init."""
+
+    def __init__(self, then: Any = None) -> None:
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        render_in_collate()
+        if self.then is not None:
+            self.then(worker_id)
+
+
 class RingLoader:
     """A torch DataLoader whose workers hand batches over through :class:`BatchRing` slots.
 
@@ -347,9 +367,10 @@ class RingLoader:
             return
         prefetch = 2 if prefetch_factor is None else int(prefetch_factor)
         self.slots = slots_for(prefetch, leased=not self.copy)
+        init = WorkerStart(loader_kw.pop("worker_init_fn", None))
         self.loader = DataLoader(dataset, batch_size=batch_size, num_workers=self.num_workers,
                                  collate_fn=SlotCollate(self.slots), pin_memory=False,
-                                 prefetch_factor=prefetch, **loader_kw)
+                                 prefetch_factor=prefetch, worker_init_fn=init, **loader_kw)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -21,7 +21,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def crop_resize(
-    frames: torch.Tensor | Sequence[torch.Tensor], box: Box, size: int = 224, flip: bool = False
+    frames: torch.Tensor | Sequence[torch.Tensor], box: Box, size: int = 224, flip: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """uint8 frames ([T, 3, H, W] or a list of [3, H, W]) -> uint8 [T, 3, size, size]: crop
     ``box``, bilinear resize (antialiased, as torchvision's RandomResizedCrop on tensors),
@@ -34,15 +35,30 @@ def crop_resize(
     ms of a worker's ~2.7 ms per sample (2-core dev VM). The batch ring keeps that order
     through to the main process (store/batch_ring.py), and on the device the video patch
     embedding's Conv3d reads it as channels_last_3d; a plain torch collate makes it
-    contiguous as it stacks."""
+    contiguous as it stacks.
+
+    ``out`` (uint8 [T, 3, size, size], any memory order): the pixels are written there, by
+    the same resize and flip kernels TF.resize and Tensor.flip run, so the values are the
+    same; a collate renders each sample straight into its place in the batch this way
+    (store/views/deferred.py), saving the copy of stacking rendered samples."""
     top, left, h, w = box
     if isinstance(frames, torch.Tensor):
         crop = frames[..., top : top + h, left : left + w]
     else:
         crop = torch.stack([f.permute(1, 2, 0)[top : top + h, left : left + w] for f in frames])
         crop = crop.permute(0, 3, 1, 2)  # [T, 3, h, w], channels-last in memory
-    out = TF.resize(crop, [size, size], antialias=True)
-    return out.flip(-1) if flip else out
+    if out is None:
+        resized = TF.resize(crop, [size, size], antialias=True)
+        return resized.flip(-1) if flip else resized
+    if (h, w) == (size, size):
+        resized = crop  # TF.resize leaves a crop of the output size as it is
+    elif flip:
+        resized = TF.resize(crop, [size, size], antialias=True)
+    else:  # TF.resize's kernel for uint8 on the CPU (interpolate, antialiased bilinear)
+        return torch.ops.aten._upsample_bilinear2d_aa.out(crop, [size, size], False, out=out)
+    if flip:
+        return torch.ops.aten.flip.out(resized, [-1], out=out)
+    return out.copy_(resized)
 
 
 def blank_pixels(shape: Sequence[int], dtype: torch.dtype = torch.uint8) -> torch.Tensor:

@@ -17,7 +17,9 @@ JPEG bytes and the plan to :func:`store.jpeg.finish_video_on_gpu`.
 model input; "uint8" the cropped, resized, flipped pixels, left for the consumer to
 normalise on its device with :meth:`VideoViewBase.normalize` (what
 :meth:`store.views.sample.SampleView.to_device` does for a batch) - the same float32 values,
-4x fewer bytes from the loader workers to the trainer.
+4x fewer bytes from the loader workers to the trainer. In the batch ring's workers a
+uint8 view leaves the rendering to the collate, which writes each sample straight into the
+batch (:class:`store.views.deferred.PendingVideo`, the same pixels).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 
 from store.jpeg import decode_cpu, jpeg_tensor
 from store.views.crop import CROP_RATIO, CROP_SCALE, Box, center_square_box, random_resized_crop_box
+from store.views.deferred import PendingVideo, renders_in_collate
 from store.views.render import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -108,7 +111,11 @@ class VideoViewBase:
         SampleView.to_device zeroes the normalised video of has_video False clips, so the
         model input is the same) or an empty JPEG list (gpu).
         """
+        deferred = self.decode == "cpu" and self.pixels == "uint8" and renders_in_collate()
         if not clip.has_video or not clip.frames:
+            if deferred:
+                return {"video": PendingVideo([], (0, 0, 1, 1), self.size, False,
+                                              torch.zeros(()), self.out_shape())}
             if self.decode == "gpu":
                 order = torch.zeros(self.out_shape()[:-3], dtype=torch.long)
                 plan = {"order": order, "box": (0, 0, 1, 1), "flip": False, "size": self.size}
@@ -122,6 +129,9 @@ class VideoViewBase:
             return {"jpeg": jpegs, "video_plan": plan}
         if self.decode != "cpu":
             raise ValueError(f"decode must be 'cpu' or 'gpu', not {self.decode!r}")
+        if deferred:  # the batch ring's collate renders it into the batch
+            return {"video": PendingVideo([clip.frames[i] for i in p.frames], p.box, self.size,
+                                          p.flip, p.order, self.out_shape())}
         frames = decode_cpu([clip.frames[i] for i in p.frames])  # only the frames needed
         rendered = crop_resize(frames, p.box, self.size, p.flip)
         if self.pixels == "float":
