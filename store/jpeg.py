@@ -34,6 +34,16 @@ def decode_cpu(jpegs: Sequence[bytes | torch.Tensor]) -> list[torch.Tensor]:
     return decode_jpeg(tensors, mode=ImageReadMode.RGB)
 
 
+def decode_clip_frames(jpegs: Sequence[bytes | torch.Tensor], clip_id: str) -> list[torch.Tensor]:
+    """:func:`decode_cpu` of one clip's stored frames; a frame that does not decode raises
+    a RuntimeError naming the clip (the store's checksums pass only bytes as written)."""
+    try:
+        return decode_cpu(jpegs)
+    except RuntimeError as exc:
+        raise RuntimeError(f"clip {clip_id!r}: its stored JPEG frames do not decode ({exc}); "
+                           "run `pipeline verify STORE`") from exc
+
+
 def decode_gpu(
     jpegs: Sequence[torch.Tensor], device: str | torch.device = "cuda"
 ) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ from eval_fixtures import randomize_head, save_checkpoint
 from loader_fixtures import zarr_store  # noqa: F401
 from test_eval_metrics import hand_ap
 
-import store.views.video as video_views
+import store.jpeg as jpeg
 from eval.cli import main
 from eval.forward import score_batch
 from eval.infer import read_predictions
@@ -111,8 +111,8 @@ def test_one_audio_pass_per_clip_and_one_decode_per_stored_frame(
             rows[_key] += x.shape[0]
             return _orig(self, x)
         monkeypatch.setattr(cls, "forward", spy)
-    orig_decode = video_views.decode_cpu
-    monkeypatch.setattr(video_views, "decode_cpu",
+    orig_decode = jpeg.decode_cpu  # what every CPU video view decodes with
+    monkeypatch.setattr(jpeg, "decode_cpu",
                         lambda jpegs: decoded.append(len(jpegs)) or orig_decode(jpegs))
     rc, out, err = run(["run", "--ckpt", str(av_ckpt), "--store", zarr_store, "--out",
                         str(tmp_path), "--split", "train", "--num-workers", "0", "--quiet",

@@ -10,6 +10,7 @@ and only the ring's workers may defer (the caller's own worker_init_fn still run
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -105,12 +106,32 @@ def test_deferred_views_render_the_pixels_the_views_give(
 
 
 def test_a_pending_video_refuses_the_wrong_destination() -> None:
-    video = PendingVideo([], (0, 0, 1, 1), 8, False, torch.zeros(()), (2, 3, 8, 8))
+    video = PendingVideo("c0", [], (0, 0, 1, 1), 8, False, torch.zeros(()), (2, 3, 8, 8))
     with pytest.raises(ValueError, match="cannot render"):
         video.render(torch.empty(2, 3, 8, 9, dtype=torch.uint8))
-    other = PendingVideo([], (0, 0, 1, 1), 8, False, torch.zeros(()), (3, 8, 8))
+    other = PendingVideo("c1", [], (0, 0, 1, 1), 8, False, torch.zeros(()), (3, 8, 8))
     with pytest.raises(ValueError, match="one shape"):
         render_batch([video, other])
+
+
+def test_frames_that_do_not_decode_name_the_clip_on_both_paths(zarr_store: str) -> None:  # noqa: F811
+    """Bytes that are no JPEG (the checksums pass only what was written, so this is a writer
+    bug): the view rendering at once and the collate rendering later raise the same error."""
+    view = make_view("mavil_pretrain", labels=False, pixels="uint8").video
+    ds = ClipDataset(zarr_store, make_view("mavil_pretrain", pixels="uint8"), seed=0)
+    clip = next(c for c in ds.read(range(len(ds))) if c.has_video)
+    broken = replace(clip, frames=[b"no jpeg"] * len(clip.frames))
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(RuntimeError, match=f"clip '{clip.clip_id}'.*do not decode") as eager:
+        view(broken, g)
+    render_in_collate()
+    try:
+        pending = view(broken, g)["video"]
+    finally:
+        render_in_collate(False)
+    with pytest.raises(RuntimeError, match=f"clip '{clip.clip_id}'.*do not decode") as late:
+        render_batch([pending])
+    assert str(late.value) == str(eager.value)
 
 
 _INIT: list[int] = []  # the caller's worker_init_fn writes here, in each worker

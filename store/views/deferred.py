@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from store.jpeg import decode_cpu
+from store.jpeg import decode_clip_frames
 from store.views.crop import Box
 from store.views.render import crop_resize
 
@@ -43,10 +43,11 @@ def renders_in_collate() -> bool:
 
 @dataclass
 class PendingVideo:
-    """One sample's uint8 video before rendering: the JPEG bytes of the unique frames the
-    plan needs (none for a clip without video: zeros), the crop box, output size and flip,
-    and ``order``, how the rendered frames index into the output of ``shape``."""
+    """One sample's uint8 video before rendering: the clip, the JPEG bytes of the unique
+    frames the plan needs (none for a clip without video: zeros), the crop box, output size
+    and flip, and ``order``, how the rendered frames index into the output of ``shape``."""
 
+    clip_id: str
     jpegs: list[bytes]
     box: Box
     size: int
@@ -65,7 +66,7 @@ class PendingVideo:
                              f"{out.dtype} {tuple(out.shape)}")
         if not self.jpegs:
             return out.zero_()  # a clip without video: the zeros the view gives
-        frames = decode_cpu(self.jpegs)
+        frames = decode_clip_frames(self.jpegs, self.clip_id)
         n = len(frames)
         if self.order.dim() == 1 and torch.equal(self.order, torch.arange(n)):
             return crop_resize(frames, self.box, self.size, self.flip, out=out)

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from store.jpeg import decode_cpu, jpeg_tensor
+from store.jpeg import decode_clip_frames, jpeg_tensor
 from store.views.crop import CROP_RATIO, CROP_SCALE, Box, center_square_box, random_resized_crop_box
 from store.views.deferred import PendingVideo, renders_in_collate
 from store.views.render import (
@@ -114,8 +114,8 @@ class VideoViewBase:
         deferred = self.decode == "cpu" and self.pixels == "uint8" and renders_in_collate()
         if not clip.has_video or not clip.frames:
             if deferred:
-                return {"video": PendingVideo([], (0, 0, 1, 1), self.size, False,
-                                              torch.zeros(()), self.out_shape())}
+                return {"video": PendingVideo(clip.clip_id, [], (0, 0, 1, 1), self.size, False,
+                                          torch.zeros(()), self.out_shape())}
             if self.decode == "gpu":
                 order = torch.zeros(self.out_shape()[:-3], dtype=torch.long)
                 plan = {"order": order, "box": (0, 0, 1, 1), "flip": False, "size": self.size}
@@ -130,9 +130,10 @@ class VideoViewBase:
         if self.decode != "cpu":
             raise ValueError(f"decode must be 'cpu' or 'gpu', not {self.decode!r}")
         if deferred:  # the batch ring's collate renders it into the batch
-            return {"video": PendingVideo([clip.frames[i] for i in p.frames], p.box, self.size,
-                                          p.flip, p.order, self.out_shape())}
-        frames = decode_cpu([clip.frames[i] for i in p.frames])  # only the frames needed
+            return {"video": PendingVideo(clip.clip_id, [clip.frames[i] for i in p.frames],
+                                          p.box, self.size, p.flip, p.order, self.out_shape())}
+        # only the frames needed
+        frames = decode_clip_frames([clip.frames[i] for i in p.frames], clip.clip_id)
         rendered = crop_resize(frames, p.box, self.size, p.flip)
         if self.pixels == "float":
             rendered = normalize_pixels(rendered, self.mean, self.std)
