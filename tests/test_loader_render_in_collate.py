@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from store.batch_ring import RingLoader
 from store.datasets import ClipDataset
-from store.jpeg import collate
+from store.jpeg import collate, decode_cpu
 from store.views import make_view
 from store.views.deferred import (
     PendingVideo,
@@ -31,7 +31,7 @@ from store.views.deferred import (
     render_in_collate,
     renders_in_collate,
 )
-from store.views.render import crop_resize
+from store.views.render import crop_resize, normalize_pixels
 
 torch.set_num_threads(1)
 
@@ -71,24 +71,38 @@ def test_crop_resize_into_out_gives_torchvisions_pixels(frames: int, flip: bool,
         assert torch.equal(crop_resize(decoded, box, size, flip), want)  # the view's own way
 
 
+def _torchvision_pixels(video: PendingVideo) -> torch.Tensor:
+    """The pixels of ``video``'s plan the plain way: decode, stack, crop, TF.resize
+    (antialiased), flip, index the frames; zeros without frames."""
+    if not video.jpegs:
+        return torch.zeros(video.shape, dtype=torch.uint8)
+    top, left, h, w = video.box
+    crop = torch.stack(decode_cpu(video.jpegs))[..., top : top + h, left : left + w]
+    out = TF.resize(crop, [video.size, video.size], antialias=True)
+    return (out.flip(-1) if video.flip else out)[video.order]
+
+
 @pytest.mark.parametrize("name", ["mavil_pretrain", "mavil_eval", "mavil_eval10",
                                   "cavmae_train", "cavmae_eval"])
-def test_deferred_views_render_the_pixels_the_views_give(
+def test_views_render_torchvisions_pixels_at_once_and_in_the_collate(
     zarr_store: str, name: str, deferring: None  # noqa: F811
 ) -> None:
-    """Each clip of the store (with and without video, short ones) through the view: the
-    pending video rendered into a batch equals the view's own rendering, stacked."""
+    """Each clip of the store (with and without video, short ones) through the view: its
+    own rendering and the pending video rendered into a batch (fresh, or a caller's
+    buffer) both equal torchvision's pixels for the view's plan."""
     view = make_view(name, labels=False, pixels="uint8")
     ds = ClipDataset(zarr_store, view, seed=5, deterministic=True)
     pending = [ds[i]["video"] for i in range(len(ds))]
     render_in_collate(False)
-    eager = [ds[i]["video"] for i in range(len(ds))]
+    eager = [ds[i]["video"] for i in range(len(ds))]  # the same plans (seeded per item)
     assert all(isinstance(p, PendingVideo) for p in pending)
     assert any(p.jpegs for p in pending) and any(not p.jpegs for p in pending)
-    assert all(isinstance(e, torch.Tensor) for e in eager)
-    # the train views draw a crop and a flip per sample: both kinds are in the batch
+    if name == "mavil_pretrain":  # both kinds of flip are in the batch
+        assert {p.flip for p in pending if p.jpegs} == {False, True}
+    want = torch.stack([_torchvision_pixels(p) for p in pending])
+    assert all(isinstance(e, torch.Tensor) and e.stride()[-3] == 1 for e in eager)
+    assert torch.equal(torch.stack(eager), want)
     got = render_batch(pending)
-    want = torch.stack(eager)
     assert got.shape == want.shape and got.dtype == torch.uint8
     assert torch.equal(got, want)
     assert got.stride()[-3] == 1  # channels innermost, as the rendered samples are
@@ -103,6 +117,27 @@ def test_deferred_views_render_the_pixels_the_views_give(
     into = render_batch(pending, take)
     assert into.untyped_storage().data_ptr() == slot.untyped_storage().data_ptr()
     assert torch.equal(into, want)
+    # the float view normalises the unique frames before indexing: the same values
+    floats = ClipDataset(zarr_store, make_view(name, labels=False), seed=5, deterministic=True)
+    with_video = [i for i, p in enumerate(pending) if p.jpegs]
+    got_f = torch.stack([floats[i]["video"] for i in with_video])
+    assert got_f.dtype == torch.float32
+    assert torch.equal(got_f, normalize_pixels(want[with_video]))
+
+
+def test_a_gather_into_memory_that_does_not_flatten_still_renders(zarr_store: str) -> None:  # noqa: F811
+    """The 10-clip view's frames gathered into a destination whose leading dims are not
+    flat in memory (the fallback copy) give the same pixels."""
+    view = make_view("mavil_eval10", labels=False, pixels="uint8")
+    ds = ClipDataset(zarr_store, view, seed=0)
+    render_in_collate()
+    try:
+        video = next(v for v in (ds[i]["video"] for i in range(len(ds))) if v.jpegs)
+    finally:
+        render_in_collate(False)
+    k, t, c, s_, _ = video.shape
+    out = torch.empty(t, k, s_, s_, c, dtype=torch.uint8).permute(1, 0, 4, 2, 3)  # T outer
+    assert torch.equal(video.render(out), _torchvision_pixels(video))
 
 
 def test_a_pending_video_refuses_the_wrong_destination() -> None:

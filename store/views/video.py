@@ -29,14 +29,18 @@ from typing import Any
 
 import torch
 
-from store.jpeg import decode_clip_frames, jpeg_tensor
+from store.jpeg import jpeg_tensor
 from store.views.crop import CROP_RATIO, CROP_SCALE, Box, center_square_box, random_resized_crop_box
-from store.views.deferred import PendingVideo, renders_in_collate
+from store.views.deferred import (
+    PendingVideo,
+    channels_last_order,
+    empty_in_order,
+    renders_in_collate,
+)
 from store.views.render import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     blank_pixels,
-    crop_resize,
     normalize_pixels,
 )
 
@@ -129,17 +133,16 @@ class VideoViewBase:
             return {"jpeg": jpegs, "video_plan": plan}
         if self.decode != "cpu":
             raise ValueError(f"decode must be 'cpu' or 'gpu', not {self.decode!r}")
-        if deferred:  # the batch ring's collate renders it into the batch
-            return {"video": PendingVideo(clip.clip_id, [clip.frames[i] for i in p.frames],
-                                          p.box, self.size, p.flip, p.order, self.out_shape())}
-        # only the frames needed
-        frames = decode_clip_frames([clip.frames[i] for i in p.frames], clip.clip_id)
-        rendered = crop_resize(frames, p.box, self.size, p.flip)
+        # only the frames needed, decoded when it is rendered: here, or (deferred) by the
+        # batch ring's collate straight into the batch
+        video = PendingVideo(clip.clip_id, [clip.frames[i] for i in p.frames], p.box,
+                             self.size, p.flip, p.order, self.out_shape())
+        if deferred:
+            return {"video": video}
         if self.pixels == "float":
-            rendered = normalize_pixels(rendered, self.mean, self.std)
-        if p.order.dim() == 1 and torch.equal(p.order, torch.arange(len(p.frames))):
-            return {"video": rendered}  # every frame once, in order: no gather needed
-        return {"video": rendered[p.order]}  # a gather keeps crop_resize's memory order
+            return {"video": video.render_normalized(self.mean, self.std)}
+        shape = self.out_shape()
+        return {"video": video.render(empty_in_order(shape, channels_last_order(len(shape))))}
 
 
 @dataclass
